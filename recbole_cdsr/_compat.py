@@ -1,0 +1,29 @@
+"""Every patch RecBole 1.2.1 needs on today's stack, in one place, idempotent.
+
+Imported by ``recbole_cdsr/__init__.py`` before anything imports recbole.
+"""
+
+import os
+
+# torch >= 2.6 loads with weights_only=True; RecBole checkpoints pickle the Config,
+# numpy scalars and other_parameter(), so Trainer.evaluate(load_best_model=True)
+# fails with UnpicklingError (RecBole #2212). Also reaches ray workers.
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+import numpy as np  # noqa: E402
+
+# numpy 2 removed aliases that ray 2.6.3 (np.bool8) and RecBole's
+# Config.compatibility_settings (np.float_, np.complex_, np.unicode_) use.
+# No-ops on numpy < 2 (the CPU pins); needed on the GPU machine's numpy 2.x.
+if "bool8" not in np.__dict__:
+    np.bool8 = np.bool_
+for _old, _new in {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_}.items():
+    if _old not in np.__dict__:
+        setattr(np, _old, _new)
+
+import scipy.sparse as _sp  # noqa: E402
+
+# scipy >= 1.13 removed dok_matrix._update, used by RecBole's LightGCN family
+# (RecBole #2034, #2090). LightGCN builds pseudo-sequences for I2VAE.
+if not hasattr(_sp.dok_matrix, "_update"):
+    _sp.dok_matrix._update = lambda self, data: self._dict.update(data)

@@ -1,0 +1,191 @@
+"""Entry points: train + evaluate (one process or DDP), results, checkpoint reload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from recbole.utils import init_logger, init_seed
+
+from recbole_cdsr.config import Config
+from recbole_cdsr.utils import create_dataset, data_preparation, get_model, get_trainer
+
+logger = logging.getLogger(__name__)
+
+
+def run(
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port="5678",
+    group_offset=0,
+):
+    """Runs one experiment, in this process or as ``nproc`` DDP ranks (RecBole's scheme).
+
+    Returns:
+        The result dict of :func:`run_recbole_cdsr` (rank 0's under DDP).
+    """
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_cdsr(model, dataset, config_file_list, config_dict, saved)
+    import torch.multiprocessing as mp
+
+    world_size = nproc if world_size == -1 else world_size
+    queue = mp.get_context("spawn").SimpleQueue()
+    config_dict = dict(config_dict or {})
+    config_dict.update(
+        {"world_size": world_size, "ip": ip, "port": port, "nproc": nproc, "offset": group_offset}
+    )
+    kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
+    mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def _run_rank(rank, model, dataset, config_file_list, kwargs):
+    if not isinstance(kwargs, MutableMapping):
+        raise TypeError(f"_run_rank expects a kwargs dict last, got {type(kwargs)}")
+    kwargs = dict(kwargs)
+    kwargs["config_dict"] = {**kwargs.get("config_dict", {}), "local_rank": rank}
+    run_recbole_cdsr(model, dataset, config_file_list, **kwargs)
+
+
+def run_recbole_cdsr(
+    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None
+) -> dict:
+    """Trains on the train split, selects on valid, evaluates on test.
+
+    Returns:
+        ``{"model", "dataset", "config", "valid", "test", "time", "valid_curve",
+        "best_valid_score", "valid_score_bigger"}``; ``valid``/``test`` are nested as
+        ``{"all": {...}, "<domain>": {...}, "<group>": {...}}`` (see results_to_nested).
+    """
+    config = Config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger.info(sys.argv)
+    logger.info(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+    curve = []
+    start = time.time()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data,
+        valid_data,
+        saved=saved,
+        show_progress=config["show_progress"],
+        callback_fn=lambda epoch, score: curve.append([epoch, score]),
+    )
+    train_s = time.time() - start
+    start = time.time()
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+    eval_s = time.time() - start
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "config": plain_config(config),
+        "valid": results_to_nested(best_valid_result),
+        "test": results_to_nested(test_result),
+        "time": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
+                 "epochs": len(trainer.train_loss_dict)},
+        "valid_curve": curve,
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+    logger.info("test results\n%s", format_table(result["test"]))
+    if config["result_file"] and config["local_rank"] == 0:
+        path = Path(config["result_file"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        logger.info("results written to %s", path)
+    if not config["single_spec"]:
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def results_to_nested(flat: dict | None) -> dict:
+    """``{"ndcg@10": .., "food/ndcg@10": .., "food/n": ..}`` ->
+    ``{"all": {"ndcg@10": ..}, "food": {"n": .., "ndcg@10": ..}}``."""
+    nested: dict[str, dict] = {}
+    for key, value in (flat or {}).items():
+        subset, _, metric = key.rpartition("/")
+        value = value.item() if hasattr(value, "item") else value
+        nested.setdefault(subset or "all", {})[metric] = value
+    for part in nested.values():  # "n" first, as in the documented schema
+        if "n" in part:
+            part_n = part.pop("n")
+            items = list(part.items())
+            part.clear()
+            part.update([("n", part_n), *items])
+    return nested
+
+
+def format_table(nested: dict) -> str:
+    """A fixed-width table, one row per subset."""
+    metrics = [m for m in next(iter(nested.values()), {}) if m != "n"]
+    lines = ["subset".ljust(24) + "n".rjust(8) + "".join(m.rjust(11) for m in metrics)]
+    for subset, values in nested.items():
+        cells = "".join(
+            f"{values[m]:11.4f}" if m in values else " " * 11 for m in metrics
+        )
+        lines.append(subset.ljust(24) + str(values.get("n", "")).rjust(8) + cells)
+    return "\n".join(lines)
+
+
+def plain_config(config) -> dict:
+    """The final config as JSON-able values (others as strings)."""
+    out = {}
+    for key, value in config.final_config_dict.items():
+        try:
+            json.dumps(value)
+            out[key] = value
+        except TypeError:
+            out[key] = str(value)
+    return out
+
+
+def load_data_and_model(model_file: str | Path):
+    """Rebuilds config, data and model from a checkpoint written by a run.
+
+    Returns:
+        (config, model, dataset, train_data, valid_data, test_data)
+    """
+    checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
+    config = checkpoint["config"]
+    # A DDP run pickles its rank settings; reload in a single process (RecBole #2063).
+    for key in ("local_rank", "world_size", "nproc", "ip", "port", "offset"):
+        config.final_config_dict.pop(key, None)
+    config.final_config_dict["single_spec"] = True
+    config.final_config_dict["local_rank"] = 0
+    config.final_config_dict["device"] = (
+        torch.device("cuda") if config["use_gpu"] and torch.cuda.is_available() else torch.device("cpu")
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

@@ -1,0 +1,243 @@
+"""CDSRTrainer: RecBole's Trainer with per-domain ranking and per-domain/group metrics.
+
+Every sequential model, RecBole's baselines included, is evaluated the same way:
+
+* ``domain_mask: True`` ranks each target among the items of its own domain (the other
+  domains' scores are set to -inf on the model's device);
+* ``eval_candidates: {num, pool, exclude, seed}`` ranks each target among a fixed, seeded
+  candidate set (the papers' sampled protocols), applied as a mask on full-sort scores;
+* metrics are reported overall, per domain (``<domain>/<metric>``), unweighted mean over
+  domains (``mean/<metric>``), and per group of ``eval_group_fields``
+  (``<group>/<metric>``, ``<domain>.<group>/<metric>``); ``<subset>/n`` counts rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from recbole.evaluator import Collector, Evaluator
+from recbole.evaluator.collector import DataStruct
+from recbole.trainer import Trainer
+
+from recbole_cdsr.data.dataset import EVAL_ROW_FIELD
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_POOLS = ("domain", "all")
+CANDIDATE_EXCLUDES = ("positive", "history")
+
+
+class CDSRCollector(Collector):
+    """Collects, beside RecBole's resources, each row's target domain and groups."""
+
+    def bind(self, dataset) -> None:
+        """Reads domain and group vocabularies from the evaluated dataset."""
+        self.item_domain = dataset.item_domain.to(self.device)
+        self.domain_names = list(dataset.domain_names)
+        self.group_fields, self.group_names = [], []
+        for field in self.config["eval_group_fields"] or []:
+            if field not in dataset.field2type:
+                raise ValueError(
+                    f"eval_group_fields names {field!r}, which {dataset.dataset_name} "
+                    f"does not load; loaded fields: {sorted(dataset.field2type)}"
+                )
+            tokens = [str(t).lower() for t in dataset.field2id_token[field][1:]]
+            self.group_fields.append((field, len(tokens)))
+            self.group_names += tokens
+
+    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        # One positive per row in sequential evaluation: its domain is the row's domain.
+        self.data_struct.update_tensor(
+            "cdsr.domain", self.item_domain[positive_i.to(self.device)]
+        )
+        if self.group_fields and len(interaction) == len(positive_u):
+            hot = [self._multi_hot(interaction[f].to(self.device), n) for f, n in self.group_fields]
+            self.data_struct.update_tensor("cdsr.groups", torch.cat(hot, dim=1))
+
+    @staticmethod
+    def _multi_hot(tokens: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        tokens = tokens.view(len(tokens), -1)
+        hot = torch.zeros(len(tokens), n_tokens + 1, dtype=torch.bool, device=tokens.device)
+        hot.scatter_(1, tokens, True)
+        return hot[:, 1:]  # drop [PAD]
+
+    def get_data_struct(self) -> DataStruct:
+        struct = super().get_data_struct()
+        for key in ("cdsr.domain", "cdsr.groups"):
+            if key in self.data_struct:
+                del self.data_struct[key]
+        return struct
+
+
+class CDSREvaluator(Evaluator):
+    """RecBole's metrics, computed overall and on every domain and group slice."""
+
+    def __init__(self, config, collector: CDSRCollector):
+        super().__init__(config)
+        self.collector = collector
+
+    def _slice(self, struct: DataStruct, mask: torch.Tensor) -> DataStruct:
+        sub = DataStruct()
+        for key, value in struct._data_dict.items():
+            rowwise = key.startswith(("rec.", "cdsr.")) and isinstance(value, torch.Tensor)
+            sub.set(key, value[mask] if rowwise else value)
+        return sub
+
+    def _add(self, result: OrderedDict, name: str, struct: DataStruct, mask) -> dict | None:
+        n = int(mask.sum())
+        if n == 0:
+            return None
+        part = super().evaluate(self._slice(struct, mask))
+        result[f"{name}/n"] = n
+        result.update((f"{name}/{k}", v) for k, v in part.items())
+        return part
+
+    def evaluate(self, struct: DataStruct) -> OrderedDict:
+        result = super().evaluate(struct)
+        if "cdsr.domain" not in struct:
+            return result
+        domain = struct["cdsr.domain"]
+        result["n"] = len(domain)
+        names = self.collector.domain_names
+        parts = [self._add(result, name, struct, domain == d) for d, name in enumerate(names)]
+        parts = [p for p in parts if p is not None]
+        if len(names) > 1 and parts:
+            for key in parts[0]:
+                result[f"mean/{key}"] = round(float(np.mean([p[key] for p in parts])), 4)
+        if "cdsr.groups" in struct:
+            groups = struct["cdsr.groups"]
+            for g, gname in enumerate(self.collector.group_names):
+                self._add(result, gname, struct, groups[:, g])
+                if len(names) > 1:
+                    for d, dname in enumerate(names):
+                        self._add(result, f"{dname}.{gname}", struct, groups[:, g] & (domain == d))
+        return result
+
+
+class CDSRTrainer(Trainer):
+    """Trainer whose evaluation follows the CDSR protocols (module docstring)."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.eval_collector = CDSRCollector(config)
+        self.evaluator = CDSREvaluator(config, self.eval_collector)
+        self.candidate_args = self._check_candidate_args(config["eval_candidates"])
+        self._candidates = {}  # id(dataset) -> [rows, num] candidate item ids
+        self._eval_dataset = None
+
+    @staticmethod
+    def _check_candidate_args(args: dict | None) -> dict | None:
+        if not args:
+            return None
+        args = {"pool": "domain", "exclude": "positive", "seed": 2020, **args}
+        if not isinstance(args.get("num"), int) or args["num"] < 1:
+            raise ValueError(
+                f"eval_candidates.num must be a positive int, got {args.get('num')!r}; "
+                "e.g. --eval_candidates=\"{'num': 999}\""
+            )
+        for key, choices in (("pool", CANDIDATE_POOLS), ("exclude", CANDIDATE_EXCLUDES)):
+            if args[key] not in choices:
+                raise ValueError(
+                    f"eval_candidates.{key} must be one of {choices}, got {args[key]!r}"
+                )
+        return args
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data:
+            return
+        self._eval_dataset = eval_data._dataset
+        self.eval_collector.bind(self._eval_dataset)
+        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.candidate_args is not None:
+            keep = torch.zeros_like(scores, dtype=torch.bool)
+            rows = interaction[EVAL_ROW_FIELD].to(self.device)
+            keep.scatter_(1, self._candidate_table(self._eval_dataset)[rows], True)
+            keep[positive_u, positive_i] = True
+            scores = scores.masked_fill(~keep, -np.inf)
+        elif self.config["domain_mask"]:
+            item_domain = self.eval_collector.item_domain
+            target = item_domain[positive_i.to(self.device)]
+            other = item_domain.unsqueeze(0) != target.unsqueeze(1)
+            scores = scores.masked_fill(other, -np.inf)
+        return interaction, scores, positive_u, positive_i
+
+    def _candidate_table(self, dataset) -> torch.Tensor:
+        key = id(dataset)
+        if key not in self._candidates:
+            self._candidates[key] = sample_candidates(dataset, **self.candidate_args).to(
+                self.device
+            )
+        return self._candidates[key]
+
+    def _map_reduce(self, result, num_sample):
+        # RecBole weights every key by the rank's row count; a subset's metrics must be
+        # weighted by that subset's count on each rank.
+        weights = {
+            key: result.get(f"{key.rsplit('/', 1)[0]}/n", 0) if "/" in key else num_sample
+            for key in result
+        }
+        gathered = OrderedDict()
+        for key, value in result.items():
+            pair = torch.tensor([float(value) * weights[key], float(weights[key])], device=self.device)
+            if key == "n" or key.endswith("/n"):
+                pair = torch.tensor([float(value), 1.0], device=self.device)
+            torch.distributed.all_reduce(pair)
+            if key == "n" or key.endswith("/n"):
+                gathered[key] = int(pair[0].item())
+            else:
+                gathered[key] = round(
+                    pair[0].item() / max(pair[1].item(), 1e-12), self.config["metric_decimal_place"]
+                )
+        return gathered
+
+
+def sample_candidates(
+    dataset, num: int, pool: str = "domain", exclude: str = "positive", seed: int = 2020
+) -> torch.Tensor:
+    """Draws a fixed candidate set for every row of an evaluation split.
+
+    Negatives are drawn without replacement, uniformly from the target's domain
+    (``pool='domain'``) or from all items (``'all'``), never the positive, and with
+    ``exclude='history'`` never an item of the row's history. The draw depends only on
+    the split's rows and ``seed``, so every model and epoch sees the same candidates.
+
+    Returns:
+        LongTensor ``[rows, num]`` of internal item ids (the positive not included).
+    """
+    item_field = dataset.iid_field
+    positives = dataset.inter_feat[item_field]
+    histories = dataset.inter_feat[dataset.item_id_list_field] if exclude == "history" else None
+    item_domain = dataset.item_domain
+    n_items = len(item_domain)
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.empty(len(positives), num, dtype=torch.long)
+    chunk = max(1, (1 << 24) // n_items)
+    for start in range(0, len(positives), chunk):
+        pos = positives[start : start + chunk]
+        keys = torch.rand(len(pos), n_items, generator=generator)
+        banned = torch.zeros(len(pos), n_items, dtype=torch.bool)
+        banned[:, 0] = True
+        banned[torch.arange(len(pos)), pos] = True
+        if pool == "domain":
+            banned |= item_domain.unsqueeze(0) != item_domain[pos].unsqueeze(1)
+        if histories is not None:
+            banned.scatter_(1, histories[start : start + chunk], True)
+            banned[:, 0] = True
+        available = (~banned).sum(1)
+        if int(available.min()) < num:
+            row = start + int(available.argmin())
+            raise ValueError(
+                f"eval_candidates.num={num} but row {row} of {dataset.dataset_name} has only "
+                f"{int(available.min())} eligible items in its pool ({pool}); lower num"
+            )
+        keys[banned] = 2.0  # never among the `num` smallest
+        out[start : start + chunk] = keys.topk(num, dim=1, largest=False).indices
+    return out

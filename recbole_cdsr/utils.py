@@ -1,0 +1,145 @@
+"""Lookup of models, datasets and trainers: recbole_cdsr first, then RecBole."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+
+import recbole.data
+import recbole.utils
+from recbole.utils import ModelType
+
+logger = logging.getLogger(__name__)
+
+PACKAGE = Path(__file__).resolve().parent
+PROPERTIES = PACKAGE / "properties"
+DATA_ENV = "RECBOLE_CDSR_DATA"
+MODEL_FAMILIES = ("sequential_recommender",)
+# RecBole's own families, minus exlib (it imports optional lightgbm/xgboost).
+RECBOLE_FAMILIES = (
+    "sequential_recommender",
+    "general_recommender",
+    "context_aware_recommender",
+    "knowledge_aware_recommender",
+)
+
+
+def default_data_path() -> Path:
+    """Where converted datasets live unless ``data_path`` is set.
+
+    ``$RECBOLE_CDSR_DATA``, else ``atomic_data/`` of a source checkout, else
+    ``~/.cache/recbole_cdsr/atomic_data``.
+    """
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    checkout = PACKAGE.parent
+    if (checkout / "setup.cfg").is_file() and (checkout / "atomic_data").is_dir():
+        return checkout / "atomic_data"
+    return Path("~/.cache/recbole_cdsr/atomic_data").expanduser()
+
+
+def our_models() -> list[str]:
+    """Names of the models recbole_cdsr itself defines."""
+    names = []
+    for family in MODEL_FAMILIES:
+        folder = PACKAGE / "model" / family
+        for path in sorted(folder.glob("*.py")):
+            if path.stem != "__init__":
+                module = importlib.import_module(f"recbole_cdsr.model.{family}.{path.stem}")
+                names += [
+                    n for n in dir(module)
+                    if n.lower() == path.stem and isinstance(getattr(module, n), type)
+                ]
+    return names
+
+
+def recbole_sequential_models() -> list[str]:
+    import recbole.model.sequential_recommender as seq
+
+    return sorted(n for n in dir(seq) if n[:1].isupper())
+
+
+def get_model(name: str) -> type:
+    """Returns the model class ``name``: recbole_cdsr's, else RecBole's.
+
+    Raises:
+        ValueError: listing the models that exist.
+    """
+    for module_path in [f"recbole_cdsr.model.{f}.{name.lower()}" for f in MODEL_FAMILIES] + [
+        f"recbole.model.{f}.{name.lower()}" for f in RECBOLE_FAMILIES
+    ]:
+        if importlib.util.find_spec(module_path) is not None:
+            return getattr(importlib.import_module(module_path), name)
+    raise ValueError(
+        f"unknown model {name!r}. recbole_cdsr models: {our_models()}; RecBole "
+        f"sequential models: {recbole_sequential_models()} (and RecBole's other families)"
+    )
+
+
+def get_trainer(model_type: ModelType, model_name: str) -> type:
+    """``recbole_cdsr.trainer.<Model>Trainer``, else CDSRTrainer for sequential models,
+    else RecBole's choice."""
+    from recbole_cdsr import trainer
+
+    if hasattr(trainer, f"{model_name}Trainer"):
+        return getattr(trainer, f"{model_name}Trainer")
+    if model_type == ModelType.SEQUENTIAL:
+        return trainer.CDSRTrainer
+    return recbole.utils.get_trainer(model_type, model_name)
+
+
+def create_dataset(config):
+    """Converts the dataset if needed, checks its atomic files and builds the Dataset.
+
+    Registered datasets are converted on first use (cached in ``data_path``); any other
+    name is read from ``<data_path>/<dataset>/`` as RecBole does.
+    """
+    from recbole_cdsr.data import dataset as cdsr_datasets
+    from recbole_cdsr.data.registry import DATASETS, prepare_dataset
+    from recbole_cdsr.data.sources import RawSource
+
+    name = config["dataset"]
+    folder = Path(config["data_path"])
+    if name in DATASETS:
+        source = RawSource(
+            config["mirror_path"], config["download_path"], config["allow_download"]
+        )
+        prepare_dataset(name, folder.parent, source)
+    elif not folder.is_dir():
+        raise ValueError(
+            f"unknown dataset {name!r}: not in the registry {sorted(DATASETS)} and no "
+            f"folder {folder}. Bring your own with atomic files there "
+            f"(docs/atomic_format.md)"
+        )
+    check_dataset_files(config)
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        return recbole.data.create_dataset(config)
+    cls = getattr(cdsr_datasets, f"{config['model']}Dataset", cdsr_datasets.CDSRDataset)
+    return cls(config)
+
+
+def check_dataset_files(config) -> None:
+    """Checks every atomic file RecBole will read: syntax, line widths, load_col fields."""
+    from recbole_cdsr.data.atomic import check_atomic_file
+
+    folder = Path(config["data_path"])
+    name = config["dataset"]
+    load_col = config["load_col"] or {}
+    suffixes = {"inter": [f"{name}.inter"]}
+    if config["benchmark_filename"]:
+        suffixes["inter"] = [f"{name}.{part}.inter" for part in config["benchmark_filename"]]
+    for suffix, files in {**suffixes, **{s: [f"{name}.{s}"] for s in load_col if s != "inter"}}.items():
+        for filename in files:
+            path = folder / filename
+            if not path.is_file():
+                if suffix == "inter":
+                    raise FileNotFoundError(f"{path} is missing; dataset {name} needs it")
+                raise FileNotFoundError(f"load_col names '{suffix}' but {path} is missing")
+            check_atomic_file(path, required=load_col.get(suffix, []))
+
+
+def data_preparation(config, dataset):
+    """RecBole's split into train/valid/test loaders (model-specific hooks go here)."""
+    return recbole.data.data_preparation(config, dataset)
