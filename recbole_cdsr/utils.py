@@ -67,9 +67,11 @@ def get_model(name: str) -> type:
     Raises:
         ValueError: listing the models that exist.
     """
-    for module_path in [f"recbole_cdsr.model.{f}.{name.lower()}" for f in MODEL_FAMILIES] + [
-        f"recbole.model.{f}.{name.lower()}" for f in RECBOLE_FAMILIES
-    ]:
+    module = _model_module(name)
+    if module is not None:
+        return getattr(module, name)
+    for family in RECBOLE_FAMILIES:
+        module_path = f"recbole.model.{family}.{name.lower()}"
         if importlib.util.find_spec(module_path) is not None:
             return getattr(importlib.import_module(module_path), name)
     raise ValueError(
@@ -78,13 +80,24 @@ def get_model(name: str) -> type:
     )
 
 
+def _model_module(model_name: str):
+    """The recbole_cdsr module defining ``model_name``, or None for RecBole models."""
+    for family in MODEL_FAMILIES:
+        module_path = f"recbole_cdsr.model.{family}.{model_name.lower()}"
+        if importlib.util.find_spec(module_path) is not None:
+            return importlib.import_module(module_path)
+    return None
+
+
 def get_trainer(model_type: ModelType, model_name: str) -> type:
-    """``recbole_cdsr.trainer.<Model>Trainer``, else CDSRTrainer for sequential models,
-    else RecBole's choice."""
+    """``<Model>Trainer`` from recbole_cdsr.trainer or the model's own module, else
+    CDSRTrainer for sequential models, else RecBole's choice."""
     from recbole_cdsr import trainer
 
-    if hasattr(trainer, f"{model_name}Trainer"):
-        return getattr(trainer, f"{model_name}Trainer")
+    name = f"{model_name}Trainer"
+    for module in (trainer, _model_module(model_name)):
+        if module is not None and hasattr(module, name):
+            return getattr(module, name)
     if model_type == ModelType.SEQUENTIAL:
         return trainer.CDSRTrainer
     return recbole.utils.get_trainer(model_type, model_name)
@@ -116,8 +129,11 @@ def create_dataset(config):
     check_dataset_files(config)
     if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         return recbole.data.create_dataset(config)
-    cls = getattr(cdsr_datasets, f"{config['model']}Dataset", cdsr_datasets.CDSRDataset)
-    return cls(config)
+    name = f"{config['model']}Dataset"
+    for module in (cdsr_datasets, _model_module(config["model"])):
+        if module is not None and hasattr(module, name):
+            return getattr(module, name)(config)
+    return cdsr_datasets.CDSRDataset(config)
 
 
 def check_dataset_files(config) -> None:
