@@ -1,29 +1,80 @@
-"""Train and evaluate one model on one dataset.
+"""Train and evaluate one model on one dataset, or tune its hyper-parameters.
 
     python run_recbole_cdsr.py --model=SASRec --dataset=food_kitchen [--config_files="a.yaml b.yaml"]
         [--result_file=r.json] [--nproc=N --world_size=W --ip=HOST --port=P --group_offset=G]
         [--any_config_key=value ...]
+    python run_recbole_cdsr.py --model=SASRec --tune=hyperopt|ray --params_file=F --max_evals=N
+        [--algo=exhaustive|random|bayes] [--tune_result=PATH.csv]
+        [--cpus_per_trial=1 --gpus_per_trial=0.5 --ray_address=HOST:PORT]
 
 Any other ``--key=value`` is a config key (RecBole's command-line convention).
 """
 
 import argparse
+import json
+import logging
 
 from recbole_cdsr.quick_start import run
 
 
-def main() -> None:
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", "-m", default="SASRec", help="model name")
     parser.add_argument("--dataset", "-d", default=None, help="dataset name (default ml100k_genre)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
-    parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this node")
-    parser.add_argument("--world_size", type=int, default=-1, help="total processes")
-    parser.add_argument("--ip", default="localhost", help="master address for DDP")
-    parser.add_argument("--port", default="5678", help="master port for DDP")
-    parser.add_argument("--group_offset", type=int, default=0, help="rank offset of this node")
-    args, _ = parser.parse_known_args()  # the rest are config keys, read by Config
+    ddp = parser.add_argument_group("multi-process training (RecBole's DDP runner)")
+    ddp.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this node")
+    ddp.add_argument("--world_size", type=int, default=-1, help="total processes")
+    ddp.add_argument("--ip", default="localhost", help="master address for DDP")
+    ddp.add_argument("--port", default="5678", help="master port for DDP")
+    ddp.add_argument("--group_offset", type=int, default=0, help="rank offset of this node")
+    tune = parser.add_argument_group("hyper-parameter tuning")
+    tune.add_argument("--tune", choices=["hyperopt", "ray"], default=None)
+    tune.add_argument("--params_file", default=None, help="search space, RecBole syntax")
+    tune.add_argument("--max_evals", type=int, default=10, help="number of trials")
+    tune.add_argument("--algo", choices=["exhaustive", "random", "bayes"], default="random")
+    tune.add_argument("--tune_result", default=None, help="trial table (.csv; .md/.png beside)")
+    tune.add_argument("--cpus_per_trial", type=float, default=1, help="ray: CPUs per trial")
+    tune.add_argument("--gpus_per_trial", type=float, default=0, help="ray: GPU fraction per trial")
+    tune.add_argument("--ray_address", default=None, help="ray: join this cluster")
+    args, rest = parser.parse_known_args()  # the rest are config keys, read by Config
+    return parser, args, rest
+
+
+def cli_config(rest: list[str]) -> dict:
+    """``--key=value`` pairs left after our flags, typed like RecBole's command line."""
+    out = {}
+    for arg in rest:
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            out[key] = value
+    return out
+
+
+def main() -> None:
+    parser, args, rest = parse_args()
     config_files = args.config_files.split() if args.config_files else None
+    if args.tune:
+        if not args.params_file:
+            parser.error("--tune needs --params_file (e.g. properties/hyper/SASRec.hyper)")
+        import sys
+
+        from recbole_cdsr.tuning import tune
+
+        base_config = cli_config(rest)
+        sys.argv = sys.argv[:1]  # trials get their config from base_config, not argv
+        logging.basicConfig(level=logging.INFO)
+        out = tune(
+            args.model, args.dataset, args.tune, args.params_file, args.max_evals, args.algo,
+            config_files, base_config, args.tune_result,
+            **({"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+                "ray_address": args.ray_address} if args.tune == "ray" else {}),
+        )
+        logging.getLogger(__name__).info(
+            "best trial %s: valid %.4f, test %s; tables %s", out["best"]["params"],
+            out["best"]["valid_score"], json.dumps(out["test"].get("all")), out["files"],
+        )
+        return
     run(
         args.model,
         args.dataset,

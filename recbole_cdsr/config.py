@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from recbole.config import Config as RecBoleConfig
 
 from recbole_cdsr.utils import PROPERTIES, default_data_path, get_model
@@ -59,6 +61,23 @@ class Config(RecBoleConfig):
                     dataset_keys = self.parameters["Dataset"]
                     dataset_keys += [k for k in loaded if k not in dataset_keys]
         self.internal_config_dict["MODEL_TYPE"] = model_class.type
+
+    def _init_device(self) -> None:
+        # RecBole's DDP path hard-codes NCCL and CUDA; without a GPU use gloo on the CPU,
+        # so multi-process runs (and their tests) work on CPU machines too.
+        cfg = self.final_config_dict
+        if "local_rank" not in cfg or (cfg["use_gpu"] and torch.cuda.is_available()):
+            return super()._init_device()
+        torch.distributed.init_process_group(
+            backend="gloo",
+            rank=cfg["local_rank"] + cfg["offset"],
+            world_size=cfg["world_size"],
+            init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
+        )
+        cfg["device"] = torch.device("cpu")
+        cfg["single_spec"] = False
+        if cfg["local_rank"] != 0:
+            cfg.update(state="error", show_progress=False, verbose=False)
 
     @property
     def data_folder(self) -> Path:

@@ -106,6 +106,7 @@ def run_recbole_cdsr(
         "time": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
                  "epochs": len(trainer.train_loss_dict)},
         "valid_curve": curve,
+        "train_loss": [_loss_value(v) for _, v in sorted(trainer.train_loss_dict.items())],
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "saved_model_file": trainer.saved_model_file if saved else None,
@@ -121,6 +122,11 @@ def run_recbole_cdsr(
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
+
+
+def _loss_value(loss) -> float:
+    """A logged epoch loss (a float, or a tuple of loss parts) as one float."""
+    return float(sum(loss)) if isinstance(loss, tuple) else float(loss)
 
 
 def results_to_nested(flat: dict | None) -> dict:

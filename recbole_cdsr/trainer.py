@@ -21,6 +21,7 @@ import torch
 from recbole.evaluator import Collector, Evaluator
 from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
+from torch.nn.parallel import DistributedDataParallel
 
 from recbole_cdsr.data.dataset import EVAL_ROW_FIELD
 
@@ -122,7 +123,13 @@ class CDSRTrainer(Trainer):
     """Trainer whose evaluation follows the CDSR protocols (module docstring)."""
 
     def __init__(self, config, model):
+        cpu_ddp = not config["single_spec"] and config["device"].type == "cpu"
+        if cpu_ddp:  # RecBole passes device_ids=[rank], which DDP rejects for CPU modules
+            config["single_spec"] = True
         super().__init__(config, model)
+        if cpu_ddp:
+            config["single_spec"] = False
+            self.distributed_model = DistributedDataParallel(self.model)
         self.eval_collector = CDSRCollector(config)
         self.evaluator = CDSREvaluator(config, self.eval_collector)
         self.candidate_args = self._check_candidate_args(config["eval_candidates"])
