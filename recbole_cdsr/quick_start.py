@@ -101,6 +101,7 @@ def run_recbole_cdsr(
         "model": config["model"],
         "dataset": config["dataset"],
         "config": plain_config(config),
+        "domains": list(getattr(train_data._dataset, "domain_names", [])),
         "valid": results_to_nested(best_valid_result),
         "test": results_to_nested(test_result),
         "time": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),

@@ -65,6 +65,9 @@ def _ints(col: pd.Series, path: Path, field: str) -> np.ndarray:
     return values.to_numpy(dtype=np.int64)
 
 
+TINY_USERS = 100  # ml100k_tiny: the users with the 100 smallest ids
+
+
 def convert_ml100k_genre(fetch: Callable[[str], Path], out_dir: Path) -> dict:
     """Writes ``ml100k_genre.{inter,item,user,item_text.jsonl}`` from recbole's ML-100K.
 
@@ -75,6 +78,16 @@ def convert_ml100k_genre(fetch: Callable[[str], Path], out_dir: Path) -> dict:
     Returns:
         The stats dict with per-domain items/interactions and user-group sizes.
     """
+    return _convert(out_dir, NAME, max_users=None)
+
+
+def convert_ml100k_tiny(fetch: Callable[[str], Path], out_dir: Path) -> dict:
+    """``ml100k_tiny``: ml100k_genre restricted to its first 100 users (all items kept),
+    for smoke tests and the CI benchmark grid."""
+    return _convert(out_dir, "ml100k_tiny", max_users=TINY_USERS)
+
+
+def _convert(out_dir: Path, name: str, max_users: int | None) -> dict:
     src = ml100k_dir()
     inter_path, item_path = src / "ml-100k.inter", src / "ml-100k.item"
     inter = _read(inter_path, ["user_id", "item_id", "timestamp"])
@@ -97,6 +110,9 @@ def convert_ml100k_genre(fetch: Callable[[str], Path], out_dir: Path) -> dict:
         )
 
     user = _ints(inter["user_id"], inter_path, "user_id")
+    if max_users is not None:
+        keep = user <= np.sort(np.unique(user))[max_users - 1]
+        inter, user = inter[keep], user[keep]
     stamp = _ints(inter["timestamp"], inter_path, "timestamp")
     order = np.lexsort((stamp, user))  # stable: ties keep the file order
     rows = pd.DataFrame(
@@ -109,7 +125,7 @@ def convert_ml100k_genre(fetch: Callable[[str], Path], out_dir: Path) -> dict:
     rows["item_domain"] = rows["item_id"].map(domain_of)
     rows["item_id"] = rows["item_id"].map(token_of)
     n_inter = write_atomic(
-        out_dir / f"{NAME}.inter",
+        out_dir / f"{name}.inter",
         {"user_id": "token", "item_id": "token", "timestamp": "float"},
         rows,
     )
@@ -123,9 +139,9 @@ def convert_ml100k_genre(fetch: Callable[[str], Path], out_dir: Path) -> dict:
         }
     )
     write_atomic(
-        out_dir / f"{NAME}.item", {"item_id": "token", "item_domain": "token"}, items
+        out_dir / f"{name}.item", {"item_id": "token", "item_domain": "token"}, items
     )
-    with open(out_dir / f"{NAME}.item_text.jsonl", "w", encoding="utf-8") as f:
+    with open(out_dir / f"{name}.item_text.jsonl", "w", encoding="utf-8") as f:
         for item_token, title in zip(items["item_id"], items["title"]):
             record = {"item_id": item_token, "title": title}
             f.write(json.dumps(record, ensure_ascii=False))
@@ -137,7 +153,7 @@ def convert_ml100k_genre(fetch: Callable[[str], Path], out_dir: Path) -> dict:
         {"user_id": seen.index, "user_group": groups.map(lambda g: [g])}
     )
     write_atomic(
-        out_dir / f"{NAME}.user", {"user_id": "token", "user_group": "token_seq"}, users
+        out_dir / f"{name}.user", {"user_id": "token", "user_group": "token_seq"}, users
     )
 
     interacted = rows.drop_duplicates("item_id")["item_domain"].value_counts()

@@ -223,11 +223,12 @@ def _compute(splits: list, config) -> tuple[torch.Tensor, dict]:
     for domain in (0, 1):
         candidates = np.flatnonzero(item_domain == domain)
         table[:, domain] = _retrieve(user_emb, item_emb, candidates, own_keys, n_items, k)
+    table[0] = 0  # the padding user
     stats = {
         "graph_users": int(seen.sum()),
         "graph_edges": int(len(edge_keys)),
         "inductive_users": n_inductive,
-        "short_lists": int((table == 0).any(2).sum()),
+        "short_lists": int((table[1:] == 0).any(2).sum()),  # rows with a pad item
     }
     return torch.from_numpy(table), stats
 
@@ -269,7 +270,7 @@ def _train_lightgcn(train, config, edge_keys, n_users, n_items, device):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += loss.item()
         logger.debug("I2VAE PSG: LightGCN epoch %d loss %.4f", epoch, total)
     model.eval()
     with torch.no_grad():

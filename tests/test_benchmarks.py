@@ -1,0 +1,52 @@
+"""The benchmark grid runner on the smoke grid: page, plots, resume, failing cells."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("bench_run", REPO / "benchmarks" / "run.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_smoke_grid_page_plots_resume_and_failures(tmp_path, capsys):
+    grid = yaml.safe_load((REPO / "benchmarks" / "grids" / "smoke.yaml").read_text())
+    grid["models"] = grid["models"] + ["NoSuchModel"]
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    page = tmp_path / "out" / "results.md"
+
+    assert bench.main([str(grid_file), f"--output={page}"]) == 1  # one model fails
+    text = page.read_text()
+    assert "## ml100k_tiny" in text and "| SASRec |" in text and "| GRU4Rec |" in text
+    assert "NoSuchModel-ml100k_tiny-s1 | **failed**" in text
+    assert "unknown model 'NoSuchModel'" in (page.parent / "cells" / "NoSuchModel-ml100k_tiny-s1.err").read_text()
+    assert "2 of 6 cells failed" in text
+    for png in ("ml100k_tiny_ndcg_at_10_per_domain.png", "ml100k_tiny_training_curves.png",
+                "ml100k_tiny_time_per_epoch.png"):
+        assert (page.parent / png).stat().st_size > 1000
+        assert f"]({png})" in text
+    # mean ± std over the two seeds, per domain
+    cell = json.loads((page.parent / "cells" / "SASRec-ml100k_tiny-s1.json").read_text())
+    assert set(cell["domains"]) == {"drama", "other"}
+    row = next(line for line in text.splitlines() if line.startswith("| SASRec |"))
+    assert row.count("±") == len(bench.subsets_of([{"result": cell}]))
+
+    capsys.readouterr()
+    stamp = (page.parent / "cells" / "SASRec-ml100k_tiny-s1.json").stat().st_mtime_ns
+    bench.main([str(grid_file), f"--output={page}"])
+    out = capsys.readouterr().out
+    assert "SASRec-ml100k_tiny-s1: cached" in out and "GRU4Rec-ml100k_tiny-s2: cached" in out
+    assert (page.parent / "cells" / "SASRec-ml100k_tiny-s1.json").stat().st_mtime_ns == stamp
+
+
+def test_cell_command_passes_config(tmp_path):
+    grid = bench.load_grid(REPO / "benchmarks" / "grids" / "smoke.yaml")
+    cell = bench.cells(grid)[0]
+    cmd = bench.cell_command(grid, cell, tmp_path / "r.json")
+    assert f"--model={cell['model']}" in cmd and "--seed=1" in cmd
+    assert "--show_progress=False" in cmd and f"--result_file={tmp_path / 'r.json'}" in cmd
