@@ -173,9 +173,9 @@ def write_table(args, rows) -> None:
              f"{args.seq_len} --batch {args.batch} --steps {args.steps} --output={args.output}`", "",
              f"Device: {device}; torch {torch.__version__}. Scale s: s x {args.items} items, "
              f"s x {args.seq_len} sequence length, {args.users} users. Ratios are to SASRec at the "
-             "same scale (higher = faster for rates; s/epoch ratio = slowdown).", "",
-             "| scale | model | train samples/s | s/epoch (synthetic) | x SASRec time | eval users/s "
-             "| eval x SASRec | peak GPU MiB |", "|---|---|---|---|---|---|---|---|"]
+             "same scale, as time ratios (2.00 = takes twice SASRec's time).", "",
+             "| scale | model | train samples/s | s/epoch (synthetic) | train time / SASRec | eval users/s "
+             "| eval time / SASRec | peak GPU MiB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['scale']} | {r['model']} | failed: {r['error'][:120]} | | | | | |")

@@ -80,6 +80,9 @@ class CDSREvaluator(Evaluator):
     def __init__(self, config, collector: CDSRCollector):
         super().__init__(config)
         self.collector = collector
+        # Under DDP every rank must emit the same keys (they are all-reduced one by one),
+        # so empty subsets are kept with n = 0 and dropped after the reduction.
+        self.keep_empty = not config["single_spec"]
 
     def _slice(self, struct: DataStruct, mask: torch.Tensor) -> DataStruct:
         sub = DataStruct()
@@ -91,6 +94,9 @@ class CDSREvaluator(Evaluator):
     def _add(self, result: OrderedDict, name: str, struct: DataStruct, mask) -> dict | None:
         n = int(mask.sum())
         if n == 0:
+            if self.keep_empty:
+                result[f"{name}/n"] = 0
+                result.update((f"{name}/{k}", 0.0) for k in self.metric_keys)
             return None
         part = super().evaluate(self._slice(struct, mask))
         result[f"{name}/n"] = n
@@ -99,6 +105,7 @@ class CDSREvaluator(Evaluator):
 
     def evaluate(self, struct: DataStruct) -> OrderedDict:
         result = super().evaluate(struct)
+        self.metric_keys = list(result)
         if "cdsr.domain" not in struct:
             return result
         domain = struct["cdsr.domain"]
@@ -106,9 +113,12 @@ class CDSREvaluator(Evaluator):
         names = self.collector.domain_names
         parts = [self._add(result, name, struct, domain == d) for d, name in enumerate(names)]
         parts = [p for p in parts if p is not None]
-        if len(names) > 1 and parts:
-            for key in parts[0]:
-                result[f"mean/{key}"] = round(float(np.mean([p[key] for p in parts])), 4)
+        if len(names) > 1 and (parts or self.keep_empty):
+            for key in self.metric_keys:
+                result[f"mean/{key}"] = round(
+                    float(np.mean([p[key] for p in parts])) if parts else 0.0,
+                    self.config["metric_decimal_place"],
+                )
         if "cdsr.groups" in struct:
             groups = struct["cdsr.groups"]
             for g, gname in enumerate(self.collector.group_names):
@@ -186,23 +196,31 @@ class CDSRTrainer(Trainer):
 
     def _map_reduce(self, result, num_sample):
         # RecBole weights every key by the rank's row count; a subset's metrics must be
-        # weighted by that subset's count on each rank.
-        weights = {
-            key: result.get(f"{key.rsplit('/', 1)[0]}/n", 0) if "/" in key else num_sample
-            for key in result
-        }
+        # weighted by that subset's count on each rank, and counts are summed.
         gathered = OrderedDict()
         for key, value in result.items():
-            pair = torch.tensor([float(value) * weights[key], float(weights[key])], device=self.device)
-            if key == "n" or key.endswith("/n"):
-                pair = torch.tensor([float(value), 1.0], device=self.device)
+            subset = key.rsplit("/", 1)[0] if "/" in key else None
+            if subset == "mean":  # recomputed below from the reduced domain metrics
+                continue
+            is_count = key == "n" or key.endswith("/n")
+            weight = 1.0 if is_count else float(result.get(f"{subset}/n", 0) if subset else num_sample)
+            pair = torch.tensor([float(value) * weight, weight], device=self.device)
             torch.distributed.all_reduce(pair)
-            if key == "n" or key.endswith("/n"):
+            if is_count:
                 gathered[key] = int(pair[0].item())
             else:
                 gathered[key] = round(
                     pair[0].item() / max(pair[1].item(), 1e-12), self.config["metric_decimal_place"]
                 )
+        empty = {k.rsplit("/", 1)[0] for k, v in gathered.items() if k.endswith("/n") and v == 0}
+        gathered = OrderedDict(
+            (k, v) for k, v in gathered.items() if "/" not in k or k.rsplit("/", 1)[0] not in empty
+        )
+        names = [d for d in self.eval_collector.domain_names if d not in empty]
+        for key in [k for k in result if k.startswith("mean/")]:
+            metric = key.split("/", 1)[1]
+            values = [gathered[f"{d}/{metric}"] for d in names]
+            gathered[key] = round(float(np.mean(values)), self.config["metric_decimal_place"])
         return gathered
 
 
