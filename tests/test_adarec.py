@@ -29,6 +29,15 @@ from conftest import N_USERS, tiny_config
 B, L, H, K = 5, 7, 12, 4  # distinct sizes
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: intra-op threads only add overhead (and stall on a loaded machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def adarec_config(tiny_path, **overrides):
     base = dict(
         MAX_ITEM_LIST_LENGTH=L, hidden_size=H, inner_size=2 * H, n_heads=2,
@@ -195,7 +204,8 @@ def test_controller_gets_gradient_from_noised_rec_loss(model):
     x, seq_len = model._inputs(batch)
     pos = model._targets(x, batch[model.POS_ITEM_ID])
     _, ada, _ = expert(x, seq_len)
-    (0.5 * model.rec_loss(ada, pos, model._negatives(x, pos), expert.item_embedding.weight)).backward()
+    neg = model._negatives(x, pos)
+    (0.5 * model.rec_loss(ada, pos, neg, expert.item_embedding.weight)).backward()
     assert expert.controller.gru.weight_ih_l0.grad.abs().sum() > 0
     assert expert.controller.fc.weight.grad.abs().sum() > 0
 
@@ -220,7 +230,8 @@ def test_expert_losses_are_independent(model):
     grads_a = [p.grad for p in model.expert("A").parameters()]
     assert all(g is None for g in (p.grad for p in model.expert("B").parameters()))
     assert sum(g.abs().sum() for g in grads_a if g is not None) > 0
-    assert model.expert("A").item_embedding.weight.data_ptr() != model.expert("B").item_embedding.weight.data_ptr()
+    table_a, table_b = (model.expert(n).item_embedding.weight for n in ("A", "B"))
+    assert table_a.data_ptr() != table_b.data_ptr()
 
 
 def test_frozen_expert_is_bit_identical_after_a_step(built):
@@ -396,7 +407,8 @@ def _raw_sequences(tiny_path, dataset):
     seqs = {}
     for user, group in inter.groupby("user_id:token"):
         uid = dataset.token2id(dataset.uid_field, user)
-        seqs[int(uid)] = [int(dataset.token2id(dataset.iid_field, i)) for i in group["item_id:token"]]
+        items = group["item_id:token"]
+        seqs[int(uid)] = [int(dataset.token2id(dataset.iid_field, i)) for i in items]
     return seqs
 
 
@@ -416,7 +428,10 @@ def test_last_mode_keeps_one_row_per_user_with_shifted_targets(tiny_path, built)
     for split, offset in ((valid, 2), (test, 1)):
         feat = split._dataset.inter_feat
         for uid, target, hist, n in zip(
-            feat["user_id"].tolist(), feat["item_id"].tolist(), feat["item_id_list"], feat["item_length"]
+            feat["user_id"].tolist(),
+            feat["item_id"].tolist(),
+            feat["item_id_list"],
+            feat["item_length"],
         ):
             assert target == seqs[uid][-offset]
             assert hist[:n].tolist() == seqs[uid][:-offset][-L:]
@@ -443,7 +458,8 @@ def test_bce_ignores_pads_and_matches_hand_computation(model):
         q = torch.sigmoid(hidden[b, j] @ item_emb[neg[b, j]])
         terms.append(-torch.log(p + 1e-24) - torch.log(1 - q + 1e-24))
     expected = torch.stack(terms).mean()
-    assert model.rec_loss(hidden, pos, neg, item_emb).item() == pytest.approx(expected.item(), abs=1e-5)
+    loss = model.rec_loss(hidden, pos, neg, item_emb)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_negatives_avoid_row_items(model):
@@ -460,7 +476,7 @@ def test_negatives_avoid_row_items(model):
 
 # ---------------------------------------------------------------- trainer and config
 def test_per_expert_early_stopping_freezes_and_keeps_best_snapshots(built):
-    config, (train, valid, _), model = built[0], built[2][:2], fresh_model(built)
+    config, (train, valid), model = built[0], built[2][:2], fresh_model(built)
     with overridden(config, epochs=4, stopping_step=1):
         trainer = ADARecTrainer(config, model)
     scripted = {"A": [0.1, 0.05, 0.2, 0.3], "B": [0.1, 0.2, 0.3, 0.4]}
@@ -489,7 +505,12 @@ def test_per_expert_early_stopping_freezes_and_keeps_best_snapshots(built):
 
 @pytest.mark.parametrize(
     "key, value",
-    [("loss_type", "bpr"), ("train_sampling", "random"), ("cluster_init", "zeros"), ("eval_expert", "C")],
+    [
+        ("loss_type", "bpr"),
+        ("train_sampling", "random"),
+        ("cluster_init", "zeros"),
+        ("eval_expert", "C"),
+    ],
 )
 def test_bad_choices_raise(built, key, value):
     with pytest.raises(ValueError, match=f"{key} must be one of"):
@@ -513,7 +534,8 @@ def _check_run(result):
 
 
 def test_one_epoch_run_official_mode(tiny_path):
-    result = run_recbole_cdsr("ADARec", "tiny", config_dict=adarec_config(tiny_path, train_batch_size=16))
+    config = adarec_config(tiny_path, train_batch_size=16)
+    result = run_recbole_cdsr("ADARec", "tiny", config_dict=config)
     _check_run(result)
     assert result["test"]["all"]["n"] == N_USERS
 
@@ -522,7 +544,7 @@ def test_one_epoch_run_prefix_ce_variant(tiny_path):
     result = run_recbole_cdsr(
         "ADARec", "tiny",
         config_dict=adarec_config(
-            tiny_path, train_batch_size=64, train_sampling="all_prefix", loss_type="CE",
+            tiny_path, train_batch_size=256, train_sampling="all_prefix", loss_type="CE",
             per_expert_early_stop=False, cluster_init="normal", share_cl_forward=True,
             pool_include_padding=False, mask_history_in_eval=True,
         ),

@@ -194,7 +194,9 @@ def kmeans_centroids(points: torch.Tensor, k: int, n_iter: int, seed: int) -> to
     except ImportError:
         faiss = None
     if faiss is not None:
-        kmeans = faiss.Kmeans(dim, k, niter=n_iter, seed=seed, verbose=False, min_points_per_centroid=1)
+        kmeans = faiss.Kmeans(
+            dim, k, niter=n_iter, seed=seed, verbose=False, min_points_per_centroid=1
+        )
         kmeans.train(np.ascontiguousarray(points.numpy(), dtype=np.float32))
         return torch.from_numpy(kmeans.centroids.copy())
     centres = points[torch.randperm(n, generator=generator)[:k]].clone()
@@ -265,7 +267,8 @@ class ADARecExpert(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(x.size(1), device=x.device)
-        return self.dropout(self.layer_norm(self.item_embedding(x) + self.position_embedding(positions)))
+        seq_emb = self.item_embedding(x) + self.position_embedding(positions)
+        return self.dropout(self.layer_norm(seq_emb))
 
     def encode(self, seq_emb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(seq_emb, causal_attention_mask(x), output_all_encoded_layers=False)[-1]
@@ -333,13 +336,16 @@ class ADARec(SequentialRecommender):
             )
         levels = [list(pair) for pair in config["expert_levels"]]
         n_steps = config["n_diffusion_steps"]
-        if len(levels) != 2 or any(len(p) != 2 or not 1 <= min(p) <= max(p) <= n_steps for p in levels):
+        valid = [len(p) == 2 and 1 <= min(p) <= max(p) <= n_steps for p in levels]
+        if len(levels) != 2 or not all(valid):
             raise ValueError(
                 f"ADARec: expert_levels must be two pairs of depths in [1, n_diffusion_steps="
                 f"{n_steps}], got {config['expert_levels']!r}; official: [[4, 5], [9, 10]]"
             )
         if config["n_intent_clusters"] < 1:
-            raise ValueError(f"ADARec: n_intent_clusters must be >= 1, got {config['n_intent_clusters']}")
+            raise ValueError(
+                f"ADARec: n_intent_clusters must be >= 1, got {config['n_intent_clusters']}"
+            )
         # loss weights (names of the official arguments in brackets)
         self.aug_weight = config["diffusion_aug_weight"]  # diffusion_aug_rate
         self.deno_weight = config["deno_weight"]
@@ -359,7 +365,8 @@ class ADARec(SequentialRecommender):
         alpha_bar = alpha_bar_schedule(n_steps, config["beta_start"], config["beta_end"])
         self.register_buffer("alpha_bar", alpha_bar.float(), persistent=False)
         self.experts = nn.ModuleList(
-            ADARecExpert(config, self.n_items, self.internal_len, pair, alpha_bar) for pair in levels
+            ADARecExpert(config, self.n_items, self.internal_len, pair, alpha_bar)
+            for pair in levels
         )
         self.frozen: set[str] = set()
 
@@ -492,7 +499,9 @@ class ADARec(SequentialRecommender):
         pos = self._targets(x, interaction[self.POS_ITEM_ID])
         neg = self._negatives(x, pos)
         # one pair of views per row, shared by both experts (as officially)
-        views = random_views(torch.cat([x, x]), self.crop_ratio, self.mask_ratio, self.reorder_ratio)
+        views = random_views(
+            torch.cat([x, x]), self.crop_ratio, self.mask_ratio, self.reorder_ratio
+        )
         view_len = (views != 0).sum(1)
         totals = None
         for name in self.active_experts():
@@ -599,7 +608,9 @@ class ADARecTrainer(CDSRTrainer):
             self.init_cluster_centers(train_data)
         if not (self.per_expert_early_stop and valid_data and self.eval_step > 0):
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        return self._fit_per_expert(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        return self._fit_per_expert(
+            train_data, valid_data, verbose, saved, show_progress, callback_fn
+        )
 
     def _valid_epoch(self, valid_data, show_progress=False, expert=None):
         default = self.model.eval_expert
@@ -626,7 +637,9 @@ class ADARecTrainer(CDSRTrainer):
                 sum(train_loss) if isinstance(train_loss, tuple) else train_loss
             )
             if verbose:
-                self.logger.info(self._generate_train_loss_output(epoch_idx, start, time(), train_loss))
+                self.logger.info(
+                    self._generate_train_loss_output(epoch_idx, start, time(), train_loss)
+                )
             self._add_train_loss_to_tensorboard(epoch_idx, train_loss)
             if (epoch_idx + 1) % self.eval_step:
                 continue
@@ -660,12 +673,17 @@ class ADARecTrainer(CDSRTrainer):
             self.model.set_expert_active(name, True)
         if self._snapshots:
             self.model.load_state_dict(
-                {**self.model.state_dict(), **{k: v for s in self._snapshots.values() for k, v in s.items()}}
+                {
+                    **self.model.state_dict(),
+                    **{k: v for snap in self._snapshots.values() for k, v in snap.items()},
+                }
             )
         self.best_valid_score, self.best_valid_result = self._valid_epoch(valid_data, show_progress)
         if verbose:
             self.logger.info(
-                set_color("fused per-expert-best valid", "blue") + ":\n" + dict2str(self.best_valid_result)
+                set_color("fused per-expert-best valid", "blue")
+                + ":\n"
+                + dict2str(self.best_valid_result)
             )
         if saved:
             self._save_checkpoint(epoch_idx, verbose=verbose)

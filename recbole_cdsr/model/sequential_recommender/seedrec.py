@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.utils import InputType, get_local_time
+from recbole.utils import InputType
 from torch import nn
 
 from recbole_cdsr.trainer import CDSRTrainer
