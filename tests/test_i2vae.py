@@ -41,7 +41,8 @@ SMALL = dict(
 def _build(tiny_path, **overrides):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("sys.argv", ["pytest"])
-        config = Config("I2VAE", "tiny", config_dict=tiny_config(tiny_path, **SMALL, **overrides))
+        config_dict = tiny_config(tiny_path, **SMALL, **overrides)
+        config = Config("I2VAE", "tiny", config_dict=config_dict)
         dataset = create_dataset(config)
         splits = data_preparation(config, dataset)
     return config, dataset, splits
@@ -118,7 +119,8 @@ def test_shapes_and_full_sort_masks(model, built, batch):
     assert torch.isneginf(scores[outside]).all()
     assert torch.isfinite(scores[~outside]).all()
     # full sort agrees with predict on the target
-    assert torch.allclose(scores[torch.arange(B), batch["item_id"]], model.predict(batch), atol=1e-5)
+    on_target = scores[torch.arange(B), batch["item_id"]]
+    assert torch.allclose(on_target, model.predict(batch), atol=1e-5)
 
 
 # --------------------------------------------------------------------- 2. Gaussian helper
@@ -174,8 +176,10 @@ def test_faithful_broadcast_matches_official_expression(model, batch):
     (ax, ay), (tx, ty) = model.aug_kl_weight, model.cross_kl_weight
     t = terms
     # the official code: scalar KLs times a [B] weight times a [B, 1] mask, then .mean()
-    official_x = (t["g_x"].mean() + ax * t["w_x"] * t["a_x"].mean() + tx * t["t_x"].mean()) * t["mask_x"].unsqueeze(1)
-    official_y = (t["g_y"].mean() + ay * t["w_y"] * t["a_y"].mean() + ty * t["t_y"].mean()) * t["mask_y"].unsqueeze(1)
+    kl_x = t["g_x"].mean() + ax * t["w_x"] * t["a_x"].mean() + tx * t["t_x"].mean()
+    kl_y = t["g_y"].mean() + ay * t["w_y"] * t["a_y"].mean() + ty * t["t_y"].mean()
+    official_x = kl_x * t["mask_x"].unsqueeze(1)  # [B] * [B, 1] -> [B, B]
+    official_y = kl_y * t["mask_y"].unsqueeze(1)
     official_kl = official_x.mean() + official_y.mean()
     assert torch.allclose(prior + cross + denoise, official_kl, atol=1e-6)
     den = (t["mask_x"] * t["d_x"] + t["mask_y"] * t["d_y"]) * (1 - t["tail"]).unsqueeze(1)
@@ -244,8 +248,9 @@ def test_psg_sensitivity(model, batch, faithful):
 # --------------------------------------------------------------------- 8. cold-start routing
 def test_cold_start_rows_use_the_r_encoder(model, batch):
     base = _scores(model, batch)
+    weight = model.transfer_attn_y.out_proj.weight
     with torch.no_grad():
-        model.transfer_attn_y.out_proj.weight.add_(torch.randn_like(model.transfer_attn_y.out_proj.weight))
+        weight.add_(torch.randn_like(weight))
     after = _scores(model, batch)
     assert torch.allclose(after[COLD_X], base[COLD_X], atol=1e-6)
     assert not torch.allclose(after[WARM_X], base[WARM_X], atol=1e-6)
@@ -283,7 +288,7 @@ def test_psg_domains_never_pad_not_own_items_and_cached(tiny_path, built, monkey
     config["psg_seed"] = 7
     splits = [train._dataset, valid._dataset, test._dataset]
     first, cached = i2vae_psg.pseudo_sequences(splits, config)
-    assert not cached and i2vae_psg.cache_path(train._dataset, config).is_file()
+    assert not cached and i2vae_psg.cache_path(splits, config).is_file()
 
     def no_training(*args, **kwargs):
         raise AssertionError("LightGCN trained again despite the cache")

@@ -449,9 +449,10 @@ class I2VAE(SequentialRecommender):
         neg = self._sample_negatives(pos, target, history)
         user = self._target_user(out, target)
         pos_logit, neg_logit = self._score(user, pos), self._score(user, neg)
+        bce = F.binary_cross_entropy_with_logits
         rec = 0.5 * (
-            F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none")
-            + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none")
+            bce(pos_logit, torch.ones_like(pos_logit), reduction="none")
+            + bce(neg_logit, torch.zeros_like(neg_logit), reduction="none")
         )
         post = out["post"]
         zero = torch.zeros_like(self.prior_mu[0])
@@ -461,8 +462,12 @@ class I2VAE(SequentialRecommender):
         terms = {
             "rec": rec,
             # G: prior KLs (the disentangling regularizer, Sec. 3.13)
-            "g_x": kl(*post["ty"], *std_prior) + kl(*post["x"], *prior[0]) + kl(*post["xa"], *prior[0]),
-            "g_y": kl(*post["tx"], *std_prior) + kl(*post["y"], *prior[1]) + kl(*post["ya"], *prior[1]),
+            "g_x": kl(*post["ty"], *std_prior)
+            + kl(*post["x"], *prior[0])
+            + kl(*post["xa"], *prior[0]),
+            "g_y": kl(*post["tx"], *std_prior)
+            + kl(*post["y"], *prior[1])
+            + kl(*post["ya"], *prior[1]),
             # A: denoising KL between augmented and real latents
             "a_x": kl(*post["xa"], *post["x"]),
             "a_y": kl(*post["ya"], *post["y"]),
@@ -476,9 +481,11 @@ class I2VAE(SequentialRecommender):
         }
         # T: cross-domain KL (Sec. 3.11)
         if self.cs_setting:
-            terms["t_x"], terms["t_y"] = kl(*post["ty"], *post["ry"]), kl(*post["tx"], *post["rx"])
+            terms["t_x"] = kl(*post["ty"], *post["ry"])
+            terms["t_y"] = kl(*post["tx"], *post["rx"])
         else:
-            terms["t_x"], terms["t_y"] = kl(*post["ty"], *post["y"]), kl(*post["tx"], *post["x"])
+            terms["t_x"] = kl(*post["ty"], *post["y"])
+            terms["t_y"] = kl(*post["tx"], *post["x"])
         own_len = torch.where(target == 0, out["len_x"], out["len_y"])
         terms["tail"] = ((own_len + 1) <= self.tail_len[target]).float()
         return terms

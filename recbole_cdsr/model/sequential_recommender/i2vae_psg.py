@@ -24,8 +24,8 @@ see one). Differences from the official code:
 
 The result is written as ``<data_path>/<dataset>.i2vae_psg.<key>.tsv`` (atomic
 ``user_id:token``, ``psg_x:token_seq``, ``psg_y:token_seq``) plus a ``.json`` with the
-settings and timings; ``key`` hashes the dataset's atomic files, the split settings and
-every ``psg_*`` key, so a second run reads the file instead of training LightGCN.
+settings and timings; ``key`` hashes the built splits (users, targets, histories and
+their vocabularies) and every ``psg_*`` key, so a second run reads the file instead of training LightGCN.
 """
 
 from __future__ import annotations
@@ -114,33 +114,26 @@ def _unique_pairs(users, items, n_items: int) -> np.ndarray:
     return np.unique(users.astype(np.int64) * n_items + items.astype(np.int64))
 
 
-def cache_key(dataset, config) -> str:
-    """Hash of the dataset's atomic files, its split settings and the PSG settings."""
-    folder = Path(config["data_path"])
-    name = dataset.dataset_name
-    parts = config["benchmark_filename"]
-    files = [f"{name}.{p}.inter" for p in parts] if parts else [f"{name}.inter"]
-    files.append(f"{name}.item")
-    digest = hashlib.sha1()
-    for filename in files:
-        path = folder / filename
-        if path.is_file():
-            digest.update(filename.encode())
-            digest.update(path.read_bytes())
-    settings = {
-        "dataset": name,
-        "benchmark_filename": parts,
-        "eval_args": None if parts else config["eval_args"],
-        "MAX_ITEM_LIST_LENGTH": config["MAX_ITEM_LIST_LENGTH"],
-        **{k: config[k] for k in PSG_KEYS},
-    }
+def cache_key(splits: list, config) -> str:
+    """Hash of the built splits (users, targets, histories and their vocabularies, so
+    any filtering or split setting is covered) and of every PSG setting."""
+    train = splits[0]
+    digest = hashlib.sha1(train.dataset_name.encode())
+    for field in (train.uid_field, train.iid_field):
+        digest.update("\x1f".join(map(str, train.field2id_token[field])).encode())
+    fields = [train.uid_field, train.iid_field, *_sequence_fields(train, config)]
+    for split in splits:
+        for field in fields:
+            digest.update(np.ascontiguousarray(split.inter_feat[field].numpy()).tobytes())
+    settings = {k: config[k] for k in PSG_KEYS}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
 
-def cache_path(dataset, config) -> Path:
+def cache_path(splits: list, config) -> Path:
+    """``<data_path>/<dataset>.i2vae_psg.<key>.tsv``."""
     folder = Path(config["data_path"])
-    return folder / f"{dataset.dataset_name}.i2vae_psg.{cache_key(dataset, config)}.tsv"
+    return folder / f"{splits[0].dataset_name}.i2vae_psg.{cache_key(splits, config)}.tsv"
 
 
 def pseudo_sequences(splits: list, config) -> tuple[torch.Tensor, bool]:
@@ -157,7 +150,7 @@ def pseudo_sequences(splits: list, config) -> tuple[torch.Tensor, bool]:
     """
     check_psg_config(config)
     train = splits[0]
-    path = cache_path(train, config)
+    path = cache_path(splits, config)
     if path.is_file():
         logger.info("I2VAE PSG: reading cached pseudo-sequences %s", path)
         return _read(path, train, config["history_length"]), True
@@ -213,7 +206,8 @@ def _compute(splits: list, config) -> tuple[torch.Tensor, dict]:
         sums = torch.zeros_like(user_emb).index_add_(0, own_users, item_emb[own_items])
         counts = torch.bincount(own_users, minlength=n_users).clamp(min=1).unsqueeze(1)
         unseen = torch.from_numpy(~seen)
-        population = user_emb[torch.from_numpy(seen)].mean(0) if seen.any() else user_emb.mean(0)
+        seen_rows = user_emb[torch.from_numpy(seen)] if seen.any() else user_emb
+        population = seen_rows.mean(0)
         has_items = torch.bincount(own_users, minlength=n_users) > 0
         inductive = torch.where(has_items.unsqueeze(1), sums / counts, population)
         user_emb = torch.where(unseen.unsqueeze(1), inductive, user_emb)
@@ -234,7 +228,7 @@ def _compute(splits: list, config) -> tuple[torch.Tensor, dict]:
 
 
 def _train_lightgcn(train, config, edge_keys, n_users, n_items, device):
-    """Trains RecBole's LightGCN with BPR on ``edge_keys``; returns final (user, item) embeddings."""
+    """Trains RecBole's LightGCN (BPR) on ``edge_keys``; returns final (user, item) embeddings."""
     lgn_config = {
         "USER_ID_FIELD": train.uid_field,
         "ITEM_ID_FIELD": train.iid_field,
