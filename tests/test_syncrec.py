@@ -1,0 +1,330 @@
+"""SyNCRec: spec syncrec.md section 8 behaviours on hand-made batches (B=3, T=7, H=12),
+plus one-epoch runs with 2 (tiny) and 5 (amazon5) domains."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from recbole.data.interaction import Interaction
+from recbole.utils import init_seed
+
+from recbole_cdsr.config import Config
+from recbole_cdsr.data.registry import prepare_dataset
+from recbole_cdsr.model.sequential_recommender.syncrec import SyNCRec
+from recbole_cdsr.quick_start import run_recbole_cdsr
+from recbole_cdsr.utils import create_dataset, data_preparation
+
+from conftest import N_USERS, tiny_config
+
+B, T, H = 3, 7, 12
+_DATASETS = {}
+
+
+def make(tiny_path, **overrides):
+    """A SyNCRec on `tiny` (D=2) with K=4 experts, 2 single + 2 cross, seeded."""
+    settings = dict(MAX_ITEM_LIST_LENGTH=T, hidden_size=H, inner_size=16, n_heads=2,
+                    n_layers=1, n_experts=4, cross_expert_ratio=0.5)
+    config_dict = tiny_config(tiny_path, **{**settings, **overrides})
+    config = Config("SyNCRec", "tiny", config_dict=config_dict)
+    if "tiny" not in _DATASETS:
+        dataset = create_dataset(config)
+        _DATASETS["tiny"] = (dataset, data_preparation(config, dataset)[0]._dataset)
+    init_seed(0, True)
+    return SyNCRec(config, _DATASETS["tiny"][1])
+
+
+def domain_items(model, domain, n):
+    return torch.nonzero(model.item_domain == domain).flatten()[:n]
+
+
+def batch(model):
+    """3 right-padded rows mixing both domains, lengths 7, 5, 3."""
+    a, b = domain_items(model, 1, 8), domain_items(model, 2, 8)
+    seq = torch.tensor([
+        [a[0], b[0], a[1], a[2], b[1], b[2], a[3]],
+        [b[3], b[4], a[4], b[5], a[5], 0, 0],
+        [a[6], b[6], b[7], 0, 0, 0, 0],
+    ])
+    return Interaction({
+        "item_id_list": seq, "item_length": torch.tensor([7, 5, 3]),
+        "item_id": torch.stack([b[7], a[7], a[0]]),
+    })
+
+
+def grads(model, loss):
+    model.zero_grad()
+    loss.backward(retain_graph=True)
+    return {
+        n: (p.grad if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+    }
+
+
+def test_domains_come_from_the_data(tiny_path):
+    model = make(tiny_path)
+    assert model.n_domains == 2 and (model.n_single, model.n_cross) == (2, 2)
+    assert model.tower_params["ff1_w"].shape[0] == 3  # D SDSR towers + 1 CDSR tower
+    assert model.gate_params["clean_cross_w"].shape == (3, H, 2)
+    assert model.experts.layers[0]["qkv_w"].shape == (4, H, 3 * H)
+
+
+def test_gates_split_mass_and_are_deterministic_in_eval(tiny_path):
+    model = make(tiny_path)
+    seq = batch(model)["item_id_list"]
+    model.train()
+    _, gates, _ = model._task_outputs(seq, with_sdsr=True)  # [D+1, B, T, K], noisy
+    assert torch.allclose(gates.sum(-1), torch.ones(3, B, T))
+    assert torch.allclose(gates[:2, ..., :2].sum(-1), torch.full((2, B, T), 0.5 + 0.0))
+    model = make(tiny_path, cross_expert_ratio=0.75)  # K_c = 3, K_s = 1
+    model.train()
+    _, gates, _ = model._task_outputs(seq, with_sdsr=True)
+    assert torch.allclose(gates[:2, ..., :1].sum(-1), torch.full((2, B, T), 0.75))  # SDSR: rho
+    assert torch.allclose(gates[2, ..., :1].sum(-1), torch.full((B, T), 0.25))  # CDSR: 1 - rho
+    model.eval()
+    first, again = model._task_outputs(seq)[1], model._task_outputs(seq)[1]
+    assert torch.equal(first, again)
+    lengths = torch.tensor([7, 5, 3])
+    assert torch.equal(model(seq, lengths), model(seq, lengths))
+
+
+def test_stop_gradients_isolate_single_and_cross_experts(tiny_path):
+    model = make(tiny_path)
+    model.train()
+    single, cross, _ = model.calculate_loss(batch(model))
+    g_single, g_cross = grads(model, single), grads(model, cross)
+    K_s, D = model.n_single, model.n_domains
+    for name, g in g_single.items():
+        if name.startswith("experts."):
+            assert g[K_s:].abs().sum() == 0, name  # no SDSR gradient into cross experts
+            assert g[:K_s].abs().sum() > 0, name
+        if name.startswith("tower_params."):
+            assert g[D].abs().sum() == 0 and g[:D].abs().sum() > 0, name
+    for name, g in g_cross.items():
+        if name.startswith("experts."):
+            assert g[:K_s].abs().sum() == 0, name  # no CDSR gradient into single experts
+            assert g[K_s:].abs().sum() > 0, name
+        if name.startswith("tower_params."):
+            assert g[:D].abs().sum() == 0 and g[D].abs().sum() > 0, name
+    for g in (g_single, g_cross):
+        assert g["item_embedding.weight"].abs().sum() > 0
+    # SDSR gates learn only from the SDSR loss, the CDSR gate only from the CDSR loss
+    for part in ("clean_single_w", "clean_cross_w"):
+        assert g_single[f"gate_params.{part}"][D].abs().sum() == 0
+        assert g_single[f"gate_params.{part}"][:D].abs().sum() > 0
+        assert g_cross[f"gate_params.{part}"][:D].abs().sum() == 0
+        assert g_cross[f"gate_params.{part}"][D].abs().sum() > 0
+
+
+def test_without_detach_cross_experts_learn_from_sdsr(tiny_path):
+    model = make(tiny_path, cross_detach=False)
+    model.train()
+    single, _, _ = model.calculate_loss(batch(model))
+    g = grads(model, single)
+    assert g["experts.layers.0.qkv_w"][model.n_single:].abs().sum() > 0
+
+
+def test_ntg_weights_closed_form_buffer_and_no_gradient(tiny_path):
+    model = make(tiny_path, ntg_alpha=0.5, ntg_beta=2.0, ntg_temperature=0.5)
+    assert torch.equal(model.ntg_state, torch.full((2,), 0.5))
+    assert "ntg_state" in model.state_dict()
+    model.train()
+    uniform = model.ntg_weights(torch.zeros(2))
+    assert torch.allclose(uniform, torch.full((2,), 0.5))
+    gap = torch.tensor([0.3, -0.1])
+    state = 0.5 * model.ntg_state + 2.0 * gap
+    weights = model.ntg_weights(gap)
+    assert torch.allclose(model.ntg_state, state)
+    assert torch.allclose(weights, torch.softmax(state / 0.5, 0))
+    assert weights.sum().item() == pytest.approx(1.0) and weights.argmax() == 0
+    moved = model.ntg_weights(torch.tensor([-1.0, 1.0]))  # the gap moves, so do the weights
+    assert moved.argmax() == 1 and not torch.allclose(moved, weights)
+    model.eval()
+    frozen = model.ntg_state.clone()
+    model.ntg_weights(torch.tensor([5.0, 0.0]))
+    assert torch.equal(model.ntg_state, frozen)  # s changes only in training
+    model.train()
+    _, cross, _ = model.calculate_loss(batch(model))
+    assert not model.ntg_state.requires_grad and cross.requires_grad
+    off = make(tiny_path, use_ntg=False)
+    assert torch.allclose(off.ntg_weights(torch.tensor([5.0, 0.0])), torch.full((2,), 0.5))
+
+
+def test_expert_and_task_outputs_are_causal(tiny_path):
+    model = make(tiny_path)
+    model.eval()
+    seq = batch(model)["item_id_list"]
+    changed = seq.clone()
+    changed[0, 5] = domain_items(model, 2, 20)[-1]  # position 5 of row 0
+    out, _, experts = model._task_outputs(seq, return_experts=True)
+    out2, _, experts2 = model._task_outputs(changed, return_experts=True)
+    assert torch.allclose(experts[:, :, 0, :5], experts2[:, :, 0, :5], atol=1e-6)
+    assert torch.allclose(out[:, 0, :5], out2[:, 0, :5], atol=1e-6)  # causal gate
+    assert not torch.allclose(out[:, 0, 5:], out2[:, 0, 5:])
+    # the official flattened gate reads the whole window: earlier outputs move (spec 6.19)
+    flat = make(tiny_path, gate_input="flatten")
+    flat.eval()
+    out, _, experts = flat._task_outputs(seq, return_experts=True)
+    out2, _, experts2 = flat._task_outputs(changed, return_experts=True)
+    assert torch.allclose(experts[:, :, 0, :5], experts2[:, :, 0, :5], atol=1e-6)
+    assert not torch.allclose(out[:, 0, :5], out2[:, 0, :5], atol=1e-6)
+
+
+def test_sdsr_output_ignores_other_domain_item_ids(tiny_path):
+    model = make(tiny_path)
+    model.eval()
+    seq = batch(model)["item_id_list"]
+    out = model._task_outputs(seq)[0]
+    other = seq.clone()  # swap every domain-2 item for another domain-2 item
+    in_d2 = model.item_domain[seq] == 2
+    other[in_d2] = domain_items(model, 2, 40)[-1]
+    out2 = model._task_outputs(other)[0]
+    assert torch.allclose(out[0], out2[0], atol=1e-6)  # SDSR of domain 1 unchanged
+    assert not torch.allclose(out[1], out2[1])  # SDSR of domain 2 sees its items
+    assert not torch.allclose(out[2], out2[2])  # CDSR sees everything
+
+
+def test_domain_losses_route_by_target_domain(tiny_path):
+    model = make(tiny_path)
+    a, b = domain_items(model, 1, 3), domain_items(model, 2, 3)
+    targets = torch.tensor([[a[0], b[0], 0], [a[1], a[2], 0]])  # 3 domain-1, 1 domain-2
+    negatives = torch.tensor([[b[1], a[2], b[2]], [b[2], b[1], a[0]]])
+    outputs = torch.randn(3, 2, 3, H)
+    s_sum, s_mean, c_sum, c_mean = model.domain_losses(outputs, targets, negatives)
+    emb = model.item_embedding.weight
+
+    def bce(task, r, t):
+        pos = outputs[task, r, t] @ emb[targets[r, t]]
+        neg = outputs[task, r, t] @ emb[negatives[r, t]]
+        return -math.log(torch.sigmoid(pos).item()) - math.log(1 - torch.sigmoid(neg).item())
+
+    d1, d2 = [(0, 0), (1, 0), (1, 1)], [(0, 1)]
+    assert s_sum[0].item() == pytest.approx(sum(bce(0, r, t) for r, t in d1), rel=1e-4)
+    assert s_sum[1].item() == pytest.approx(bce(1, 0, 1), rel=1e-4)
+    assert c_sum[0].item() == pytest.approx(sum(bce(2, r, t) for r, t in d1), rel=1e-4)
+    assert c_mean[0].item() == pytest.approx(c_sum[0].item() / 3, rel=1e-5)
+    assert c_mean[1].item() == pytest.approx(bce(2, *d2[0]), rel=1e-4)
+    only_d1 = torch.where(model.item_domain[targets] == 2, 0, targets)
+    s_sum, s_mean, c_sum, c_mean = model.domain_losses(outputs, only_d1, negatives)
+    assert s_sum[1] == 0 and c_sum[1] == 0 and (s_mean[1] - c_mean[1]) == 0  # phi_2 = 0
+
+
+def test_scmim_matches_hand_computation(tiny_path):
+    model = make(tiny_path)
+    model.eval()
+    inter = batch(model)
+    seq, lengths = inter["item_id_list"], inter["item_length"]
+    targets = model.position_targets(seq, lengths, inter["item_id"])
+    assert torch.equal(targets[0, :6], seq[0, 1:]) and targets[0, 6] == inter["item_id"][0]
+    assert torch.equal(targets[1, :5], torch.cat([seq[1, 1:5], inter["item_id"][1:2]]))
+    assert (targets[2, 3:] == 0).all()
+    outputs = model._task_outputs(seq)[0]
+    perm = torch.tensor([2, 0, 1])
+    loss = model.scmim_loss(outputs, seq, targets, perm)
+    total = 0.0
+    for r in range(B):
+        for t in range(int(lengths[r])):
+            d = int(model.item_domain[seq[r, t]])
+            q = model.mip_norm(outputs[2, r, t])
+            pos = torch.sigmoid(q @ outputs[d - 1, r, t])
+            neg = torch.sigmoid(q @ model.item_embedding.weight[seq[perm[r], t]])
+            term = -F.logsigmoid(pos - neg).item()
+            assert 0.313 < term < 1.314
+            total += term
+    assert loss.item() == pytest.approx(total / (B * T), rel=1e-5)  # padding adds 0
+
+
+def test_last_position_mode_has_one_target_per_row(tiny_path):
+    model = make(tiny_path, train_mode="last_position")
+    inter = batch(model)
+    targets = model.position_targets(inter["item_id_list"], inter["item_length"], inter["item_id"])
+    assert torch.equal(targets.nonzero()[:, 1], inter["item_length"] - 1)
+    assert torch.equal(targets[targets > 0], inter["item_id"])
+
+
+def test_predictions_match_forward(tiny_path):
+    model = make(tiny_path)
+    model.eval()
+    inter = batch(model)
+    scores = model.full_sort_predict(inter)
+    assert scores.shape == (B, model.n_items)
+    seq_out = model(inter["item_id_list"], inter["item_length"])
+    assert torch.allclose(scores, seq_out @ model.item_embedding.weight.T, atol=1e-5)
+    rows = Interaction({**inter.interaction, "item_id": torch.tensor([5, 9, 11])})
+    assert torch.allclose(model.predict(rows), scores[torch.arange(B), rows["item_id"]], atol=1e-5)
+    trimmed = make(tiny_path, trim_padding=False)
+    trimmed.eval()
+    assert torch.allclose(trimmed.full_sort_predict(inter), scores, atol=1e-5)
+
+
+def test_official_shared_mode_is_one_encoder_plus_tower(tiny_path):
+    model = make(tiny_path, share_experts=True)
+    assert model.experts.layers[0]["qkv_w"].shape[0] == 1
+    assert model.tower_params["ff1_w"].shape[0] == 1
+    model.eval()
+    seq = batch(model)["item_id_list"]
+    out = model._task_outputs(seq, with_sdsr=False)[0]
+    emb = model._embed(seq, model.item_domain[seq]).unsqueeze(0)
+    single = model.experts(emb, model.get_attention_mask(seq), slice(0, 1))[0]
+    assert torch.allclose(out, model._towers(single, slice(2, 3)), atol=1e-5)
+
+
+def test_full_sequence_keeps_one_train_row_per_user(tiny_path):
+    config = Config("SyNCRec", "tiny", config_dict=tiny_config(tiny_path))
+    dataset = create_dataset(config)
+    train = data_preparation(config, dataset)[0]._dataset
+    users = train.inter_feat["user_id"]
+    assert len(users) == len(users.unique()) == N_USERS
+    full = dataset.inter_feat["user_id"]
+    # each kept row is the user's longest history: all but the last 2 items as input+target
+    lengths = torch.bincount(full, minlength=int(full.max()) + 1)[users]
+    assert (train.inter_feat["item_length"] == (lengths - 3).clamp(max=10)).all()
+
+
+def test_bad_config_is_rejected(tiny_path):
+    with pytest.raises(ValueError, match="gate_input"):
+        make(tiny_path, gate_input="dense")
+    with pytest.raises(ValueError, match="train_mode"):
+        make(tiny_path, train_mode="all")
+    with pytest.raises(ValueError, match="cross_expert_ratio"):
+        make(tiny_path, n_experts=2, cross_expert_ratio=0.4)
+
+
+def check_run(result, domains):
+    assert result["time"]["epochs"] == 1
+    test = result["test"]
+    assert set(domains) <= set(test)
+    for part in ["all", *domains]:
+        for key, value in test[part].items():
+            if key != "n":
+                assert 0.0 <= value <= 1.0, (part, key)
+    assert sum(test[d]["n"] for d in domains) == test["all"]["n"]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"share_experts": True, "gate_input": "flatten"}])
+def test_one_epoch_two_domains(tiny_path, overrides):
+    result = run_recbole_cdsr("SyNCRec", "tiny", config_dict=tiny_config(
+        tiny_path, n_experts=3, cross_expert_ratio=0.67, **overrides))
+    check_run(result, ["drama", "other"])
+    state = torch.load(result["saved_model_file"], weights_only=False)["state_dict"]
+    assert state["ntg_state"].shape == (2,) and torch.isfinite(state["ntg_state"]).all()
+    if not overrides:
+        assert not torch.allclose(state["ntg_state"], torch.full((2,), 0.5))
+
+
+def test_one_epoch_five_domains_amazon5(tmp_path, seed_source):
+    prepare_dataset("amazon5", tmp_path / "atomic", seed_source)
+    config = tiny_config(
+        tmp_path / "atomic", load_col={"inter": ["user_id", "item_id", "timestamp"],
+                                       "item": ["item_id", "item_domain"]},
+        eval_group_fields=None, n_experts=3, cross_expert_ratio=0.67, train_batch_size=128,
+        eval_candidates={"num": 100, "pool": "all", "exclude": "history"},
+        metrics=["Hit", "NDCG", "MRR"], topk=[1, 5, 10],
+    )
+    result = run_recbole_cdsr("SyNCRec", "amazon5", config_dict=config)
+    domains = ["books", "clothing", "toys", "sports", "videogames"]
+    check_run(result, domains)
+    assert result["test"]["all"]["n"] == 500
+    state = torch.load(result["saved_model_file"], weights_only=False)["state_dict"]
+    assert state["ntg_state"].shape == (5,)
+    assert state["tower_params.ff1_w"].shape[0] == 6
