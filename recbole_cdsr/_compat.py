@@ -27,3 +27,18 @@ import scipy.sparse as _sp  # noqa: E402
 # (RecBole #2034, #2090). LightGCN builds pseudo-sequences for I2VAE.
 if not hasattr(_sp.dok_matrix, "_update"):
     _sp.dok_matrix._update = lambda self, data: self._dict.update(data)
+
+
+def import_recbole_sequential_models() -> None:
+    """Imports RecBole's sequential models with autograd anomaly detection left off.
+
+    recbole 1.2.1 ``sequential_recommender/sine.py`` calls
+    ``torch.autograd.set_detect_anomaly(True)`` at import, so importing any RecBole
+    sequential model (SASRec, GRU4Rec, ...) slows every backward pass of the process
+    with per-op NaN checks. Called by ``recbole_cdsr.utils.get_model``.
+    """
+    import torch
+
+    import recbole.model.sequential_recommender  # noqa: F401
+
+    torch.autograd.set_detect_anomaly(False)

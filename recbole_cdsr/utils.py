@@ -67,6 +67,9 @@ def get_model(name: str) -> type:
     Raises:
         ValueError: listing the models that exist.
     """
+    from recbole_cdsr._compat import import_recbole_sequential_models
+
+    import_recbole_sequential_models()
     module = _model_module(name)
     if module is not None:
         return getattr(module, name)

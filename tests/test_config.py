@@ -57,3 +57,12 @@ def test_training_imports_neither_ray_nor_hyperopt():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_getting_a_model_leaves_anomaly_detection_off():
+    import torch
+
+    from recbole_cdsr.utils import get_model
+
+    get_model("SASRec")
+    assert not torch.is_anomaly_enabled()
