@@ -51,7 +51,8 @@ def llm_root(tiny_path, tmp_path_factory):
     items = pd.read_csv(src / "ml100k_genre.item", sep="\t", dtype=str)
     users = sorted(inter["user_id:token"].unique(), key=int)[:40]
     inter = inter[inter["user_id:token"].isin(users)]
-    domain = inter["item_id:token"].map(dict(zip(items["item_id:token"], items["item_domain:token"])))
+    item_domain = dict(zip(items["item_id:token"], items["item_domain:token"]))
+    domain = inter["item_id:token"].map(item_domain)
     uid = inter["user_id:token"].astype(int)
     drop = ((uid <= 15) & (domain != "drama")) | ((uid > 15) & (uid <= 25) & (domain != "other"))
     inter = inter[~drop].sort_values(["user_id:token", "timestamp:float"], kind="stable")
@@ -240,6 +241,13 @@ def test_recall_other_domain_and_brute_force_top_k(built):
         emb = model.recall_emb[model.recall_dom == tgt[b]]
         sim = torch.nn.functional.cosine_similarity(q[b].unsqueeze(0), emb)
         assert set(items[sim.topk(model.recall_k).indices].tolist()) == set(ids[b].tolist())
+    model._faiss = model.build_faiss()  # recall_backend: faiss gives the same items
+    try:
+        q_faiss, ids_faiss = model.recall(idx)
+    finally:
+        model._faiss = None
+    torch.testing.assert_close(q_faiss, q)
+    assert [set(r) for r in ids_faiss.tolist()] == [set(r) for r in ids.tolist()]
 
 
 def test_insertion_invariants(built):
@@ -297,7 +305,9 @@ def test_meta_step_changes_only_pooler_and_main_step_only_backbone(built):
     config, _, train, *_, model = built
     trainer = LLMCDSRTrainer(config, model)
     batch = first_batch(train)
-    backbone = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("pooler.")}
+    backbone = {
+        n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("pooler.")
+    }
     phi = [p.detach().clone() for p in model.meta_parameters()]
     torch.manual_seed(5)
     loss = trainer.meta_step(batch)
@@ -315,7 +325,8 @@ def test_meta_step_changes_only_pooler_and_main_step_only_backbone(built):
     sum(model.calculate_loss(batch)).backward()
     trainer.optimizer.step()
     assert all(torch.equal(a, b) for a, b in zip(phi, model.meta_parameters()))
-    assert any(not torch.equal(p, backbone[n]) for n, p in model.named_parameters() if n in backbone)
+    named = model.named_parameters()
+    assert any(not torch.equal(p, backbone[n]) for n, p in named if n in backbone)
 
 
 def test_adam_fresh_step_is_the_first_adam_step(built):

@@ -136,7 +136,8 @@ class LLMCDSR(SASRec):
         width = max(len(p) for p in pools)
         self.register_buffer("domain_pool", torch.stack(
             [F.pad(p, (0, width - len(p))) for p in pools]), persistent=False)
-        self.register_buffer("domain_count", torch.tensor([len(p) for p in pools]), persistent=False)
+        counts = torch.tensor([len(p) for p in pools])
+        self.register_buffer("domain_count", counts, persistent=False)
         self._load_artefacts(stages.prepare_artefacts(config, dataset))
 
     # ------------------------------------------------------------------ artefacts
@@ -154,15 +155,7 @@ class LLMCDSR(SASRec):
         self.register_buffer("recall_items", torch.cat([p["items"] for p in pre]), persistent=False)
         self.register_buffer("recall_dom", torch.cat(
             [torch.full((len(p["items"]),), d) for d, p in enumerate(pre)]), persistent=False)
-        self._faiss = None
-        if self.recall_backend == "faiss":
-            import faiss
-
-            self._faiss = []
-            for d in range(2):
-                index = faiss.IndexFlatIP(self.hidden_size)
-                index.add(self.recall_emb[self.recall_dom == d].numpy().astype(np.float32))
-                self._faiss.append(index)
+        self._faiss = self.build_faiss() if self.recall_backend == "faiss" else None
 
         # generation records: target domain, the user's training sequence, Z = W_t g_j
         n = len(art.record_rows)
@@ -195,6 +188,17 @@ class LLMCDSR(SASRec):
             [int((self.recall_dom == d).sum()) for d in range(2)])
         if n == 0:
             logger.warning("LLMCDSR: no generation records; augmentation and meta steps are off")
+
+    def build_faiss(self) -> list:
+        """One exact inner-product faiss index per domain over the unit-norm C_X."""
+        import faiss
+
+        indexes = []
+        for d in range(2):
+            index = faiss.IndexFlatIP(self.hidden_size)
+            index.add(self.recall_emb[self.recall_dom == d].cpu().numpy().astype(np.float32))
+            indexes.append(index)
+        return indexes
 
     @property
     def n_records(self) -> int:
@@ -232,7 +236,7 @@ class LLMCDSR(SASRec):
         return self.item_embedding.weight if params is None else params["item_embedding.weight"]
 
     # ------------------------------------------------------------------ sampling
-    def negatives(self, targets: torch.Tensor, exclude: torch.Tensor, tries: int = 5) -> torch.Tensor:
+    def negatives(self, targets: torch.Tensor, exclude: torch.Tensor, tries: int = 5):
         """One negative per target from the target's domain, not in its row of ``exclude``
         [B, T] (redrawn up to ``tries`` times). ``targets`` [B, ...]; pad targets get pad."""
         dom = self.item_domain[targets].clamp(min=0)
@@ -272,7 +276,8 @@ class LLMCDSR(SASRec):
                         top[sel] = torch.as_tensor(found, device=query.device) + offset
             else:
                 sim = unit @ self.recall_emb.t()
-                sim = sim.masked_fill(self.recall_dom.unsqueeze(0) != tgt.unsqueeze(1), float("-inf"))
+                other = self.recall_dom.unsqueeze(0) != tgt.unsqueeze(1)
+                sim = sim.masked_fill(other, float("-inf"))
                 top = sim.topk(self.recall_k, dim=1).indices
         return query, self.recall_items[top]
 
@@ -338,11 +343,14 @@ class LLMCDSR(SASRec):
         """All-position loss of sequences x [B, L] with targets y [B, L] (0 = ignored)."""
         if negs is None and self.loss_type == "BCE":
             negs = self.negatives(y, exclude)
-        hidden = self._encode(params, x, x_len.clamp(min=1), input_emb=input_emb, all_positions=True)
+        hidden = self._encode(
+            params, x, x_len.clamp(min=1), input_emb=input_emb, all_positions=True
+        )
         valid = y > 0
         if not valid.any():
             return hidden.sum() * 0.0
-        return self._scores_loss(hidden[valid], y[valid], None if negs is None else negs[valid], params)
+        negs = None if negs is None else negs[valid]
+        return self._scores_loss(hidden[valid], y[valid], negs, params)
 
     def aug_loss(self, aug: AugBatch, negs=None, params=None, input_emb=None):
         return self.seq_loss(aug.x, aug.x_len, aug.y, negs, aug.seq, params, input_emb)
@@ -385,14 +393,17 @@ class LLMCDSR(SASRec):
         """Samples everything random of one meta step (records, insertions, negatives,
         meta users), so that :meth:`virtual_meta_loss` is a deterministic function."""
         aug = self.augment(self.sample_records(self.aug_batch_size))
-        idx = torch.randint(len(self.meta_len), (self.meta_batch_size,), device=self.meta_len.device)
+        device = self.meta_len.device
+        idx = torch.randint(len(self.meta_len), (self.meta_batch_size,), device=device)
         meta_seq, meta_len = self.meta_seq[idx], self.meta_len[idx]
         meta_x, meta_y = meta_seq[:, :-1], meta_seq[:, 1:]
         seq, target = interaction[self.ITEM_SEQ], interaction[self.POS_ITEM_ID]
         bce = self.loss_type == "BCE"
         return {
             "aug": aug,
-            "rows_negs": self.negatives(target, torch.cat([seq, target.unsqueeze(1)], 1)) if bce else None,
+            "rows_negs": (
+                self.negatives(target, torch.cat([seq, target.unsqueeze(1)], 1)) if bce else None
+            ),
             "aug_negs": self.negatives(aug.y, aug.seq) if bce else None,
             "meta": (meta_x, meta_len - 1, meta_y),
             "meta_negs": self.negatives(meta_y, meta_seq) if bce else None,
@@ -507,6 +518,6 @@ class LLMCDSRTrainer(CDSRTrainer):
             metric = key.split("/", 1)[1]
             values = [result[f"{n}/{metric}"] for n in names if f"{n}/{metric}" in result]
             result[key] = round(float(np.mean(values)), 4)
-        logger.info("LLMCDSR: per-domain selection (%s) epochs' scores %s", self.domain_select_metric,
-                    {n: s for n, (s, _) in self._domain_best.items()})
+        logger.info("LLMCDSR: per-domain selection (%s), best valid scores %s",
+                    self.domain_select_metric, {n: s for n, (s, _) in self._domain_best.items()})
         return result

@@ -368,7 +368,8 @@ class NearestTitleGenerator:
         import faiss
 
         self.view, self.n_titles = view, n_titles
-        self.item_emb = item_emb / np.maximum(np.linalg.norm(item_emb, axis=1, keepdims=True), 1e-12)
+        norm = np.linalg.norm(item_emb, axis=1, keepdims=True)
+        self.item_emb = item_emb / np.maximum(norm, 1e-12)
         self.id = f"nearest_title-{n_titles}"
         self.indexes, self.domain_items = [], []
         for d in range(2):
@@ -386,7 +387,8 @@ class NearestTitleGenerator:
                 continue
             queries = np.stack([self.item_emb[requests[i].history].mean(0) for i in rows])
             queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-            _, top = self.indexes[1 - s].search(np.ascontiguousarray(queries, np.float32), self.n_titles)
+            queries = np.ascontiguousarray(queries, np.float32)
+            _, top = self.indexes[1 - s].search(queries, self.n_titles)
             for i, found in zip(rows, top):
                 titles = [self.view.titles[self.domain_items[1 - s][j]] for j in found if j >= 0]
                 out[i] = "\n".join(f"{k}. {t}" for k, t in enumerate(titles, start=1))
@@ -548,7 +550,8 @@ class CTCPModel(nn.Module):
         pos = torch.arange(seq.shape[1], device=seq.device)
         x = self.dropout(self.norm(self.item_emb(seq) + self.pos_emb(pos)))
         mask = (seq > 0).unsqueeze(1).unsqueeze(2)
-        causal = torch.tril(torch.ones(seq.shape[1], seq.shape[1], dtype=torch.bool, device=seq.device))
+        n = seq.shape[1]
+        causal = torch.tril(torch.ones(n, n, dtype=torch.bool, device=seq.device))
         att = torch.where(mask & causal, 0.0, -10000.0)
         return self.encoder(x, att, output_all_encoded_layers=True)[-1]
 
@@ -575,7 +578,8 @@ def pretrain_domain(view: TrainView, domain: int, text_emb: np.ndarray, config,
     dom = np.where(view.seqs > 0, view.item_domain[view.seqs], -1) == domain
     # keep each row's domain items in order, left-aligned
     order = np.argsort(~dom, axis=1, kind="stable")
-    seqs = np.where(np.take_along_axis(dom, order, 1), local[np.take_along_axis(view.seqs, order, 1)], 0)
+    ordered = local[np.take_along_axis(view.seqs, order, 1)]
+    seqs = np.where(np.take_along_axis(dom, order, 1), ordered, 0)
     lens = dom.sum(1)
     keep = lens >= 3
     seqs, lens = seqs[keep], lens[keep]
@@ -615,7 +619,9 @@ def pretrain_domain(view: TrainView, domain: int, text_emb: np.ndarray, config,
             rec = F.softplus(-pos_s).mean() + F.softplus(neg_s).mean()
             ids = torch.unique(torch.cat([x.flatten(), y.flatten(), neg[valid]]))
             ids = ids[ids > 0]
-            cl = info_nce(model.projection(text[ids]), model.item_emb(ids), config["cl_temperature"])
+            cl = info_nce(
+                model.projection(text[ids]), model.item_emb(ids), config["cl_temperature"]
+            )
             loss = rec + config["cl_weight"] * cl
             opt.zero_grad()
             loss.backward()
@@ -673,14 +679,17 @@ def cache_dir(config) -> Path:
 
 def generator_id(config) -> str:
     kind = config["llm_generator"]
-    if kind == "nearest_title":
-        return f"nearest_title-{config['offline_n_titles']}"
+    if kind == "nearest_title":  # its answers depend on the text encoder
+        encoder = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(config["text_encoder"])).name)
+        return f"nearest_title-{config['offline_n_titles']}-{encoder}"
     if kind == "hf":
         return "hf-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(config["llm_model"])).name)
     return "file-" + Path(str(config["llm_generation_file"])).stem
 
 
-def prepare_artefacts(config, dataset, stages: tuple = ("generate", "parse", "embed", "pretrain")) -> Artefacts:
+def prepare_artefacts(
+    config, dataset, stages: tuple = ("generate", "parse", "embed", "pretrain")
+) -> Artefacts:
     """Runs (``llmcdsr_stages: auto``) or loads (``cached``) every stage's output."""
     mode = check_choice(config, "llmcdsr_stages", STAGE_MODES)
     kind = check_choice(config, "llm_generator", GENERATORS)
