@@ -140,6 +140,12 @@ class CDSRTrainer(Trainer):
         if cpu_ddp:
             config["single_spec"] = False
             self.distributed_model = DistributedDataParallel(self.model)
+        if not config["single_spec"]:
+            # RecBole names the checkpoint by each rank's own clock and only rank 0 writes
+            # it; every rank must load rank 0's file.
+            name = [self.saved_model_file]
+            torch.distributed.broadcast_object_list(name, src=0)
+            self.saved_model_file = name[0]
         self.eval_collector = CDSRCollector(config)
         self.evaluator = CDSREvaluator(config, self.eval_collector)
         self.candidate_args = self._check_candidate_args(config["eval_candidates"])
@@ -169,6 +175,8 @@ class CDSRTrainer(Trainer):
             return
         self._eval_dataset = eval_data._dataset
         self.eval_collector.bind(self._eval_dataset)
+        if (load_best_model or model_file) and not self.config["single_spec"]:
+            torch.distributed.barrier()  # rank 0 has finished writing the checkpoint
         return super().evaluate(eval_data, load_best_model, model_file, show_progress)
 
     def _full_sort_batch_eval(self, batched_data):
