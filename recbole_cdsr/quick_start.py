@@ -70,16 +70,7 @@ def run_recbole_cdsr(
         ``{"all": {...}, "<domain>": {...}, "<group>": {...}}`` (see results_to_nested).
     """
     config = Config(model, dataset, config_file_list, config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logger.info(sys.argv)
-    logger.info(config)
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    logger.info(model)
+    _, train_data, valid_data, test_data, model = build(config)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
     curve = []
@@ -128,6 +119,26 @@ def run_recbole_cdsr(
 def _loss_value(loss) -> float:
     """A logged epoch loss (a float, or a tuple of loss parts) as one float."""
     return float(sum(loss)) if isinstance(loss, tuple) else float(loss)
+
+
+def build(config):
+    """Seeds, logging, dataset, loaders and model for ``config``: the chain every entry
+    point (run, tuning trial, checkpoint reload) shares.
+
+    Returns:
+        (dataset, train_data, valid_data, test_data, model)
+    """
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger.info(sys.argv)
+    logger.info(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    return dataset, train_data, valid_data, test_data, model
 
 
 def results_to_nested(flat: dict | None) -> dict:
@@ -187,12 +198,7 @@ def load_data_and_model(model_file: str | Path):
     config.final_config_dict["device"] = (
         torch.device("cuda") if config["use_gpu"] and torch.cuda.is_available() else torch.device("cpu")
     )
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    dataset, train_data, valid_data, test_data, model = build(config)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data

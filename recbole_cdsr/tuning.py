@@ -65,18 +65,12 @@ def read_params_file(path: str | Path) -> dict[str, tuple[str, list]]:
 def train_trial(model, dataset, config_file_list, params, base_config, report=None) -> dict:
     """Trains one trial (valid only) and returns its record;
     ``report(epoch, score, saved_model_file)`` is called after every validation."""
-    from recbole.utils import init_logger, init_seed
-
     from recbole_cdsr.config import Config
-    from recbole_cdsr.utils import create_dataset, data_preparation, get_model, get_trainer
+    from recbole_cdsr.quick_start import build
+    from recbole_cdsr.utils import get_trainer
 
     config = Config(model, dataset, config_file_list, {**base_config, **params})
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    data = create_dataset(config)
-    train_data, valid_data, _ = data_preparation(config, data)
-    init_seed(config["seed"], config["reproducibility"])
-    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    _, train_data, valid_data, _, net = build(config)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     callback = None
     if report is not None:

@@ -49,6 +49,7 @@ from recbole.utils import dict2str, set_color
 from torch import nn
 
 from recbole_cdsr.data.dataset import CDSRDataset
+from recbole_cdsr.model.layers import init_recbole_weights
 from recbole_cdsr.trainer import CDSRTrainer
 
 logger = logging.getLogger(__name__)
@@ -257,13 +258,7 @@ class ADARecExpert(nn.Module):
         self.register_buffer("noise_std", (1 - alpha_bar[steps]).sqrt().float(), persistent=False)
 
     def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
+        init_recbole_weights(module, self.initializer_range)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(x.size(1), device=x.device)

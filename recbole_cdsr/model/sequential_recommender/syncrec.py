@@ -51,6 +51,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_cdsr.data.dataset import CDSRDataset
+from recbole_cdsr.model.layers import init_recbole_weights
 
 logger = logging.getLogger(__name__)
 
@@ -331,14 +332,7 @@ class SyNCRec(SequentialRecommender):
             raise ValueError(f"SyNCRec: ntg_temperature must be > 0, got {self.ntg_temperature!r}")
 
     def _init_weights(self, module):
-        # RecBole's convention (as SASRec): N(0, initializer_range), zero bias, LN 1/0.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
+        init_recbole_weights(module, self.initializer_range)
 
     # ----------------------------------------------------------------- building blocks
     def _task_param(self, param, tasks: slice):
