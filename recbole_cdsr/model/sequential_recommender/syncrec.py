@@ -52,6 +52,7 @@ from torch import nn
 
 from recbole_cdsr.data.dataset import CDSRDataset
 from recbole_cdsr.model.layers import init_recbole_weights
+from recbole_cdsr.utils import check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +69,6 @@ def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if x.is_cuda:
         return F.dropout(x, p, True)
     return x * ((torch.rand_like(x) >= p).to(x.dtype) * (1.0 / (1.0 - p)))
-
-
-def _check_choice(config, key: str, choices: tuple) -> str:
-    value = config[key]
-    if value not in choices:
-        raise ValueError(
-            f"SyNCRec: {key} must be one of {choices}, got {value!r}; set it in "
-            f"SyNCRec.yaml or --{key}="
-        )
-    return value
 
 
 class SyNCRecDataset(CDSRDataset):
@@ -238,9 +229,9 @@ class SyNCRec(SequentialRecommender):
         self.single_detach = config["single_detach"]
         self.cross_detach = config["cross_detach"]
         self.share_experts = config["share_experts"]
-        self.gate_input = _check_choice(config, "gate_input", GATE_INPUTS)
+        self.gate_input = check_choice(config, "gate_input", GATE_INPUTS, "SyNCRec")
         self.gate_noise_eval = config["gate_noise_eval"]
-        self.train_mode = _check_choice(config, "train_mode", TRAIN_MODES)
+        self.train_mode = check_choice(config, "train_mode", TRAIN_MODES, "SyNCRec")
         self.use_ntg = config["use_ntg"]
         self.ntg_alpha = config["ntg_alpha"]  # alpha, spec 3.7
         self.ntg_beta = config["ntg_beta"]  # beta
