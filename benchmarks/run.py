@@ -211,13 +211,9 @@ def plot_dataset(grid: dict, dataset: str, done: list[dict], out_dir: Path) -> l
         means = [np.mean([o["result"]["test"].get(s, {}).get(metric, np.nan) for o in rows]) for s in subsets]
         ax.bar(np.arange(len(subsets)) + i * width, means, width, label=model)
     ax.set_xticks(np.arange(len(subsets)) + width * (len(models) - 1) / 2, subsets)
-    ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"{dataset}: {metric} per domain")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / f"{dataset}_{metric.replace('@', '_at_')}_per_domain.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, ax, f"{dataset}: {metric} per domain", f"test {metric}",
+                       out_dir / f"{dataset}_{metric.replace('@', '_at_')}_per_domain.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for model in models:
@@ -226,25 +222,28 @@ def plot_dataset(grid: dict, dataset: str, done: list[dict], out_dir: Path) -> l
             if curve:
                 ax.plot([c[0] + 1 for c in curve], [c[1] for c in curve], "o-", label=model)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("valid score")
-    ax.set_title(f"{dataset}: training curves (first seed)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / f"{dataset}_training_curves.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, ax, f"{dataset}: training curves (first seed)", "valid score",
+                       out_dir / f"{dataset}_training_curves.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     per_epoch = [np.mean([o["result"]["time"]["train_s"] / max(o["result"]["time"]["epochs"], 1)
                           for o in done if o["model"] == m]) for m in models]
     ax.bar(models, per_epoch, color="tab:gray")
-    ax.set_ylabel("seconds per epoch")
-    ax.set_title(f"{dataset}: time per epoch")
-    fig.tight_layout()
-    paths.append(out_dir / f"{dataset}_time_per_epoch.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, ax, f"{dataset}: time per epoch", "seconds per epoch",
+                       out_dir / f"{dataset}_time_per_epoch.png"))
     return paths
+
+
+def _save(fig, ax, title: str, ylabel: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _domains(done: list[dict]) -> set[str]:
