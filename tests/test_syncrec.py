@@ -328,3 +328,41 @@ def test_one_epoch_five_domains_amazon5(tmp_path, seed_source):
     state = torch.load(result["saved_model_file"], weights_only=False)["state_dict"]
     assert state["ntg_state"].shape == (5,)
     assert state["tower_params.ff1_w"].shape[0] == 6
+
+
+def test_padding_skips_give_the_same_loss_and_gradients(tiny_path):
+    # rows of length 25, 3, 40, 12 and 6 fall in four length buckets (<= 8, 9-16, 17-32,
+    # 33-64), out of order, so the rows are regrouped and put back. Row 1 holds domain 1
+    # only, so SDSR task 2 skips it; rows 3 and 4 hold domain 2 only as their first item
+    # (read by SC-MIM) or as their last target (read by the SDSR-2 loss), so it must not.
+    width, lengths = 40, [25, 3, 40, 12, 6]
+    bucketed = make(tiny_path, MAX_ITEM_LIST_LENGTH=width)
+    padded = make(tiny_path, MAX_ITEM_LIST_LENGTH=width, trim_padding=False)
+    assert all(torch.equal(p, q) for p, q in zip(bucketed.parameters(), padded.parameters()))
+    a, b = domain_items(bucketed, 1, 30), domain_items(bucketed, 2, 30)
+    items = torch.cat([a, b])
+    gen = torch.Generator().manual_seed(0)
+    seq = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        seq[row, :n] = items[torch.randint(len(items), (n,), generator=gen)]
+    target = items[torch.randint(len(items), (len(lengths),), generator=gen)]
+    seq[1, :3], target[1] = a[:3], a[3]
+    seq[3, :12], target[3] = torch.cat([b[:1], a[4:15]]), a[15]
+    seq[4, :6], target[4] = a[16:22], b[1]
+    inter = Interaction({"item_id_list": seq, "item_length": torch.tensor(lengths),
+                         "item_id": target})
+    targets = bucketed.position_targets(seq, inter["item_length"], target)
+    needed = bucketed._needed_sdsr_rows(seq, targets)
+    assert needed.sum() == 9 and not needed[1, 1]
+    results = []
+    for model in (bucketed, padded):
+        model.eval()  # no dropout and no gate noise: the outputs draw no random numbers
+        torch.manual_seed(1)  # same negatives and SC-MIM permutation for both
+        losses = model.calculate_loss(inter)
+        results.append((torch.stack(losses), grads(model, sum(losses))))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-7)
+    for name, grad in results[0][1].items():
+        assert torch.allclose(grad, results[1][1][name], rtol=1e-4, atol=1e-7), name
+    assert results[0][1]["experts.layers.0.qkv_w"].abs().sum() > 0
+    scores = [m.full_sort_predict(inter) for m in (bucketed, padded)]
+    assert torch.allclose(scores[0], scores[1], atol=1e-5)

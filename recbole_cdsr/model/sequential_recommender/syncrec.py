@@ -30,9 +30,10 @@ official behaviour back where it matters):
 8. The per-position BCE uses logsigmoid instead of log(sigmoid + 1e-24). Training
    negatives exclude the items of the row's window and targets (official: the user's
    whole sequence); evaluation uses the package's fixed candidate sets.
-9. Batches are trimmed to their longest row (``trim_padding``; exact for the causal
-   gate), since every position of a row is computed for D+1 tasks. On CPU, dropout
-   masks come from a uniform draw (same distribution, ~3x cheaper than bernoulli_).
+9. With ``trim_padding`` the rows of a batch run in length buckets, each cut to its
+   longest row (exact for the causal gate), since every position of a row is computed
+   for D+1 tasks and for K experts. On CPU, dropout masks come from a uniform draw (same
+   distribution, ~3x cheaper than bernoulli_).
 10. Model selection on the validation split (official: on test, spec 6.6); no unused
    ``mlm_output`` (spec 6.15).
 """
@@ -58,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 TRAIN_MODES = ("full_sequence", "last_position")
 GATE_INPUTS = ("causal", "flatten")
+BUCKET_MIN_LENGTH = 8  # rows up to this length share the first length bucket (trim_padding)
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 
@@ -376,8 +378,13 @@ class SyNCRec(SequentialRecommender):
         out = out * p["ln_w"].unsqueeze(1) + p["ln_b"].unsqueeze(1)
         return out.view_as(mixed)
 
-    def _task_outputs(self, item_seq, with_sdsr: bool = True, return_experts: bool = False):
+    def _task_outputs(self, item_seq, with_sdsr: bool = True, return_experts: bool = False,
+                      sdsr_rows=None):
         """Runs the tasks on ``item_seq`` [B, T].
+
+        ``sdsr_rows`` (``[D, B]`` bool, optional): the (domain, row) pairs whose SDSR output
+        is needed; the experts skip the others, whose outputs are then 0 (see
+        ``_needed_sdsr_rows``). None runs every pair.
 
         Returns:
             (outputs, gates, expert_outputs): ``[P, B, T, H]`` task outputs Y, ``[P, B, T, K]``
@@ -400,12 +407,13 @@ class SyNCRec(SequentialRecommender):
             sdsr_emb = self._embed(item_seq * own, domain_seq * own)  # [D, B, T, H]
             # asymmetric stop-gradient (spec 3.3): SDSR tasks do not train cross experts,
             # the CDSR task does not train single experts
-            single_own = self.experts(sdsr_emb, attn_mask, single)
+            run_sdsr = self._sdsr_runner(sdsr_emb, attn_mask, sdsr_rows)
+            single_own = run_sdsr(single)
             with torch.no_grad() if self.single_detach else nullcontext():
                 single_other = self.experts(cdsr_emb, attn_mask, single)
             cross_own = self.experts(cdsr_emb, attn_mask, cross)
             with torch.no_grad() if self.cross_detach else nullcontext():
-                cross_other = self.experts(sdsr_emb, attn_mask, cross)
+                cross_other = run_sdsr(cross)
             groups = [[single_own, cross_other], [single_other, cross_own]]  # SDSR, CDSR
             tasks, embs = slice(0, D + 1), [sdsr_emb, cdsr_emb]
         gates = self._gates(torch.cat(embs, dim=0), tasks)
@@ -425,6 +433,32 @@ class SyNCRec(SequentialRecommender):
             expert_outputs = torch.cat([torch.cat(parts, dim=0) for parts in groups], dim=1)
         return self._towers(mixed, tasks), gates, expert_outputs
 
+    def _sdsr_runner(self, sdsr_emb, attn_mask, sdsr_rows):
+        """Expert call on the SDSR inputs ``[D, B, T, H]``: all pairs, or only the pairs of
+        ``sdsr_rows`` packed into one batch and put back (0 elsewhere)."""
+        if sdsr_rows is None or bool(sdsr_rows.all()):
+            return lambda experts: self.experts(sdsr_emb, attn_mask, experts)
+        D, B = sdsr_rows.shape
+        pick = sdsr_rows.flatten().nonzero().squeeze(1)  # index d * B + b
+        packed = sdsr_emb.flatten(0, 1)[pick].unsqueeze(0)  # [1, M, T, H]
+        mask = attn_mask[pick % B]
+
+        def run(experts):
+            z = self.experts(packed, mask, experts)[:, 0]  # [E, M, T, H]
+            full = z.new_zeros(z.shape[0], D * B, *z.shape[2:]).index_copy(1, pick, z)
+            return full.view(z.shape[0], D, B, *z.shape[2:])
+
+        return run
+
+    def _needed_sdsr_rows(self, item_seq, targets) -> torch.Tensor:
+        """``[D, B]``: SDSR task d's output on row b is read only if the row holds an item
+        of domain d (SC-MIM reads the SDSR output of each position's own domain) or a
+        target of domain d (the SDSR loss of domain d); rows of other domains only are
+        skipped (with ``trim_padding``)."""
+        domains = torch.arange(1, self.n_domains + 1, device=item_seq.device)[:, None, None]
+        in_row = torch.cat([self.item_domain[item_seq], self.item_domain[targets]], dim=1)
+        return (in_row.unsqueeze(0) == domains).any(-1)
+
     # ----------------------------------------------------------------- recommender API
     def _trim(self, item_seq, item_seq_len):
         # Right padding: columns past the batch's longest row change no valid position
@@ -434,10 +468,47 @@ class SyNCRec(SequentialRecommender):
             return item_seq[:, : int(item_seq_len.max())]
         return item_seq
 
+    def _outputs(self, item_seq, item_seq_len, with_sdsr: bool, sdsr_rows=None) -> torch.Tensor:
+        """Task outputs ``[P, B, T, H]``. With ``trim_padding`` the rows run in length
+        buckets (lengths up to 8, 9-16, 17-32, ...), each bucket cut to its longest row,
+        and the experts skip the SDSR pairs outside ``sdsr_rows``.
+
+        Exact for every output a loss or a score reads (the same argument as ``_trim``):
+        positions past a row's length, and skipped SDSR pairs, are 0 instead of outputs
+        computed from padding. Histories are short next to the window (food_kitchen: mean
+        6 of 50) and most users touch few domains, so this removes most of the padding
+        work of a step.
+        """
+        if not self.trim_padding:
+            return self._task_outputs(item_seq, with_sdsr)[0]
+        if self.gate_input != "causal":
+            return self._task_outputs(item_seq, with_sdsr, sdsr_rows=sdsr_rows)[0]
+        width = item_seq.shape[1]
+        lengths = item_seq_len.clamp(1, width)
+        bucket = torch.log2((lengths.float() - 1.0).clamp_min(1.0) / BUCKET_MIN_LENGTH)
+        bucket = bucket.floor().add(1).clamp_min(0).long()  # 0: <= 8, 1: 9-16, 2: 17-32 ...
+        counts = torch.bincount(bucket).tolist()
+        if sum(c > 0 for c in counts) == 1:
+            return self._task_outputs(item_seq, with_sdsr, sdsr_rows=sdsr_rows)[0]
+        order = torch.argsort(bucket, stable=True)
+        parts, start = [], 0
+        for count in counts:
+            if count == 0:
+                continue
+            rows = order[start : start + count]
+            start += count
+            cut = int(lengths[rows].max())
+            needed = None if sdsr_rows is None else sdsr_rows[:, rows]
+            out = self._task_outputs(item_seq[rows, :cut], with_sdsr, sdsr_rows=needed)[0]
+            parts.append(F.pad(out, (0, 0, 0, width - cut)))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(parts, dim=1)[:, inverse]
+
     def forward(self, item_seq, item_seq_len) -> torch.Tensor:
         """CDSR output at each row's last valid position, ``[B, H]``."""
         item_seq = self._trim(item_seq, item_seq_len)
-        outputs, _, _ = self._task_outputs(item_seq, with_sdsr=False)
+        outputs = self._outputs(item_seq, item_seq_len, with_sdsr=False)
         return self.gather_indexes(outputs[0], item_seq_len - 1)
 
     def position_targets(self, item_seq, item_seq_len, target) -> torch.Tensor:
@@ -513,7 +584,8 @@ class SyNCRec(SequentialRecommender):
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         item_seq = self._trim(item_seq, item_seq_len)
         targets = self.position_targets(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
-        outputs, _, _ = self._task_outputs(item_seq, with_sdsr=True)
+        needed = self._needed_sdsr_rows(item_seq, targets)
+        outputs = self._outputs(item_seq, item_seq_len, with_sdsr=True, sdsr_rows=needed)
         negatives = self._sample_negatives(item_seq, targets)
         sdsr_sum, sdsr_mean, cdsr_sum, cdsr_mean = self.domain_losses(outputs, targets, negatives)
         weights = self.ntg_weights(sdsr_mean.detach() - cdsr_mean.detach())  # phi_d
