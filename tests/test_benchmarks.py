@@ -50,3 +50,18 @@ def test_cell_command_passes_config(tmp_path):
     cmd = bench.cell_command(grid, cell, tmp_path / "r.json")
     assert f"--model={cell['model']}" in cmd and "--seed=1" in cmd
     assert "--show_progress=False" in cmd and f"--result_file={tmp_path / 'r.json'}" in cmd
+
+
+def test_results_table_orders_metrics_and_skips_group_cells():
+    path = REPO / "benchmarks" / "results_table.py"
+    spec_table = importlib.util.spec_from_file_location("results_table", path)
+    results_table = importlib.util.module_from_spec(spec_table)
+    spec_table.loader.exec_module(results_table)
+    row = {"n": 4, "ndcg@10": 0.25, "hit@10": 0.5, "hit@5": 0.25}
+    result = {"model": "M", "time": {"train_s": 30.0, "epochs": 3},
+              "test": {"all": row, "food": {**row, "n": 1}, "food.overlap": row}}
+    lines = results_table.table([result]).splitlines()
+    assert lines[0] == "| model | subset | n | hit@5 | hit@10 | ndcg@10 | train s/epoch |"
+    assert lines[2] == "| M | all | 4 | 0.2500 | 0.5000 | 0.2500 | 10 |"
+    assert len(lines) == 4 and lines[3].startswith("| M | food | 1 |")
+    assert "| hit@10 |" in results_table.table([result], ["hit@10"]).splitlines()[0]
