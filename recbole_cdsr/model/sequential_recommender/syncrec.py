@@ -31,7 +31,8 @@ official behaviour back where it matters):
    negatives exclude the items of the row's window and targets (official: the user's
    whole sequence); evaluation uses the package's fixed candidate sets.
 9. With ``trim_padding`` the rows of a batch run in length buckets, each cut to its
-   longest row (exact for the causal gate), since every position of a row is computed
+   longest row (exact for the causal gate), and the experts skip the SDSR inputs of rows
+   that hold nothing of the task's domain, since every position of a row is computed
    for D+1 tasks and for K experts. On CPU, dropout masks come from a uniform draw (same
    distribution, ~3x cheaper than bernoulli_).
 10. Model selection on the validation split (official: on test, spec 6.6); no unused
