@@ -8,9 +8,15 @@ import yaml
 
 from conftest import REPO
 
-spec = importlib.util.spec_from_file_location("bench_run", REPO / "benchmarks" / "run.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+def load_script(name: str):
+    """A module from benchmarks/<name>.py (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_script("run")
 
 
 def test_smoke_grid_page_plots_resume_and_failures(tmp_path, capsys):
@@ -53,10 +59,7 @@ def test_cell_command_passes_config(tmp_path):
 
 
 def test_results_table_orders_metrics_and_skips_group_cells():
-    path = REPO / "benchmarks" / "results_table.py"
-    spec_table = importlib.util.spec_from_file_location("results_table", path)
-    results_table = importlib.util.module_from_spec(spec_table)
-    spec_table.loader.exec_module(results_table)
+    results_table = load_script("results_table")
     row = {"n": 4, "ndcg@10": 0.25, "hit@10": 0.5, "hit@5": 0.25}
     result = {"model": "M", "time": {"train_s": 30.0, "epochs": 3},
               "test": {"all": row, "food": {**row, "n": 1}, "food.overlap": row}}

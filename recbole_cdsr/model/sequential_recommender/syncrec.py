@@ -585,7 +585,7 @@ class SyNCRec(SequentialRecommender):
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         item_seq = self._trim(item_seq, item_seq_len)
         targets = self.position_targets(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
-        needed = self._needed_sdsr_rows(item_seq, targets)
+        needed = self._needed_sdsr_rows(item_seq, targets) if self.trim_padding else None
         outputs = self._outputs(item_seq, item_seq_len, with_sdsr=True, sdsr_rows=needed)
         negatives = self._sample_negatives(item_seq, targets)
         sdsr_sum, sdsr_mean, cdsr_sum, cdsr_mean = self.domain_losses(outputs, targets, negatives)
