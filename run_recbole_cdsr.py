@@ -14,7 +14,9 @@ import argparse
 import json
 import logging
 
+from recbole_cdsr.checks import ConfigCheckError
 from recbole_cdsr.quick_start import run
+from recbole_cdsr.utils import get_model
 
 
 def parse_args():
@@ -53,6 +55,10 @@ def cli_config(rest: list[str]) -> dict:
 
 def main() -> None:
     parser, args, rest = parse_args()
+    try:  # a misspelt --model (e.g. I2Vae, sasrec) is a usage error, not a traceback
+        get_model(args.model)
+    except ValueError as err:
+        parser.error(str(err))
     config_files = args.config_files.split() if args.config_files else None
     if args.tune:
         if not args.params_file:
@@ -75,16 +81,20 @@ def main() -> None:
             out["best"]["valid_score"], json.dumps(out["test"].get("all")), out["files"],
         )
         return
-    run(
-        args.model,
-        args.dataset,
-        config_file_list=config_files,
-        nproc=args.nproc,
-        world_size=args.world_size,
-        ip=args.ip,
-        port=args.port,
-        group_offset=args.group_offset,
-    )
+    try:
+        run(
+            args.model,
+            args.dataset,
+            config_file_list=config_files,
+            nproc=args.nproc,
+            world_size=args.world_size,
+            ip=args.ip,
+            port=args.port,
+            group_offset=args.group_offset,
+        )
+    except ConfigCheckError as err:  # a start-of-run check: the message says the fix
+        logging.getLogger(__name__).error("%s", err)
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 
 if __name__ == "__main__":

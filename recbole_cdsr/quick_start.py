@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import MutableMapping
@@ -13,6 +14,7 @@ import torch
 import torch.distributed as dist
 from recbole.utils import init_logger, init_seed
 
+from recbole_cdsr.checks import check_config, check_data, strict_json_value
 from recbole_cdsr.config import Config
 from recbole_cdsr.utils import create_dataset, data_preparation, get_model, get_trainer
 
@@ -39,6 +41,9 @@ def run(
     if nproc == 1 and world_size <= 0:
         return run_recbole_cdsr(model, dataset, config_file_list, config_dict, saved)
     import torch.multiprocessing as mp
+
+    # Config-only checks once here, so a bad setting fails before any rank starts.
+    check_config(Config(model, dataset, config_file_list, config_dict), saved)
 
     world_size = nproc if world_size == -1 else world_size
     queue = mp.get_context("spawn").SimpleQueue()
@@ -70,8 +75,12 @@ def run_recbole_cdsr(
         ``{"all": {...}, "<domain>": {...}, "<group>": {...}}`` (see results_to_nested).
     """
     config = Config(model, dataset, config_file_list, config_dict)
-    _, train_data, valid_data, test_data, model = build(config)
+    # checks before any data is read (they may add BPR's negatives), then with the data
+    _, train_data, valid_data, test_data, model = build(
+        config, check=lambda cfg: check_config(cfg, saved)
+    )
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    check_data(config, train_data, valid_data, test_data, trainer)
 
     curve = []
     start = time.time()
@@ -105,10 +114,7 @@ def run_recbole_cdsr(
     }
     logger.info("test results\n%s", format_table(result["test"]))
     if config["result_file"] and config["local_rank"] == 0:
-        path = Path(config["result_file"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1) + "\n")
-        logger.info("results written to %s", path)
+        write_result(result, config["result_file"])
     if not config["single_spec"]:
         dist.destroy_process_group()
     if config["local_rank"] == 0 and queue is not None:
@@ -116,14 +122,28 @@ def run_recbole_cdsr(
     return result
 
 
+def write_result(result: dict, result_file: str | Path) -> Path:
+    """Writes ``result`` as strict JSON (NaN/inf floats become null), via a temporary
+    file renamed into place, so a reader never sees half a file."""
+    path = Path(result_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(strict_json_value(result), indent=1, allow_nan=False) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    logger.info("results written to %s", path)
+    return path
+
+
 def _loss_value(loss) -> float:
     """A logged epoch loss (a float, or a tuple of loss parts) as one float."""
     return float(sum(loss)) if isinstance(loss, tuple) else float(loss)
 
 
-def build(config):
+def build(config, check=None):
     """Seeds, logging, dataset, loaders and model for ``config``: the chain every entry
-    point (run, tuning trial, checkpoint reload) shares.
+    point (run, tuning trial, checkpoint reload) shares. ``check(config)``, if given,
+    runs once logging is set up and before any data is read.
 
     Returns:
         (dataset, train_data, valid_data, test_data, model)
@@ -132,6 +152,8 @@ def build(config):
     init_logger(config)
     logger.info(sys.argv)
     logger.info(config)
+    if check is not None:
+        check(config)
     dataset = create_dataset(config)
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)

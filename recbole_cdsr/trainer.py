@@ -14,7 +14,10 @@ Every sequential model, RecBole's baselines included, is evaluated the same way:
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -140,6 +143,10 @@ class CDSRTrainer(Trainer):
         if cpu_ddp:
             config["single_spec"] = False
             self.distributed_model = DistributedDataParallel(self.model)
+        # RecBole names the file <model>-<time to the second>.pth: two runs started in the
+        # same second would share it. The pid and a random suffix make it unique per run.
+        stem = Path(self.saved_model_file).with_suffix("")
+        self.saved_model_file = f"{stem}-{os.getpid()}-{secrets.token_hex(3)}.pth"
         if not config["single_spec"]:
             # RecBole names the checkpoint by each rank's own clock and only rank 0 writes
             # it; every rank must load rank 0's file.

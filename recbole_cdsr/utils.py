@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
@@ -83,15 +84,23 @@ def get_model(name: str) -> type:
 
     import_recbole_sequential_models()
     module = _model_module(name)
-    if module is not None:
+    if module is not None and hasattr(module, name):
         return getattr(module, name)
     for family in RECBOLE_FAMILIES:
         module_path = f"recbole.model.{family}.{name.lower()}"
-        if importlib.util.find_spec(module_path) is not None:
-            return getattr(importlib.import_module(module_path), name)
+        if module is None and importlib.util.find_spec(module_path) is not None:
+            module = importlib.import_module(module_path)
+    if module is not None and hasattr(module, name):
+        return getattr(module, name)
+    ours, theirs = our_models(), recbole_sequential_models()
+    # A module of that lower-case name exists: the class name differs only in case.
+    same = [n for n in dir(module or object) if n.lower() == name.lower()]
+    by_lower = {n.lower(): n for n in ours + theirs}
+    near = same or [by_lower[m] for m in difflib.get_close_matches(name.lower(), by_lower, n=3)]
+    hint = f" Did you mean {' or '.join(map(repr, near))}? (names are case-sensitive)" if near else ""
     raise ValueError(
-        f"unknown model {name!r}. recbole_cdsr models: {our_models()}; RecBole "
-        f"sequential models: {recbole_sequential_models()} (and RecBole's other families)"
+        f"unknown model {name!r}.{hint} recbole_cdsr models: {ours}; RecBole "
+        f"sequential models: {theirs} (and RecBole's other families); pass --model=NAME"
     )
 
 
