@@ -181,5 +181,18 @@ def check_dataset_files(config) -> None:
 
 
 def data_preparation(config, dataset):
-    """RecBole's split into train/valid/test loaders (model-specific hooks go here)."""
-    return recbole.data.data_preparation(config, dataset)
+    """RecBole's split into train/valid/test loaders, with length-bucketed training
+    batches (``length_buckets``, recbole_cdsr/data/bucketing.py) for models whose
+    training does not depend on the padding width.
+
+    Returns:
+        (train_data, valid_data, test_data) loaders.
+    """
+    from recbole_cdsr.data.bucketing import LengthBucketTrainDataLoader, use_length_buckets
+
+    train, valid, test = recbole.data.data_preparation(config, dataset)
+    if use_length_buckets(config, get_model(config["model"]), train):
+        train = LengthBucketTrainDataLoader(
+            config, train._dataset, train._sampler, shuffle=train.shuffle
+        )
+    return train, valid, test

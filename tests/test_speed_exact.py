@@ -1,0 +1,139 @@
+"""Speed-ups that must not change the computation (issue 13): length-bucketed batches,
+fused RecBole layers, the precomputed domain mask."""
+
+import random
+
+import pytest
+import torch
+
+from recbole_cdsr.config import Config
+from recbole_cdsr.data.bucketing import (
+    RECBOLE_LENGTH_INVARIANT,
+    LengthBucketBatchSampler,
+    LengthBucketTrainDataLoader,
+    is_length_invariant,
+)
+from recbole_cdsr.utils import create_dataset, data_preparation, get_model
+
+from conftest import tiny_config
+
+WIDTH = 20
+# extra config per model (FPMC is pairwise: BPR with one sampled negative)
+MODEL_KEYS = {
+    "FPMC": {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
+}
+INVARIANT = sorted(m for m, ok in RECBOLE_LENGTH_INVARIANT.items() if ok)
+
+
+def build(tiny_path, model, **overrides):
+    keys = {"MAX_ITEM_LIST_LENGTH": WIDTH, **MODEL_KEYS.get(model, {}), **overrides}
+    config = Config(model, "tiny", config_dict=tiny_config(tiny_path, **keys))
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    return config, train, test
+
+
+def loss_and_grads(model, batch):
+    torch.manual_seed(0)
+    random.seed(0)  # BERT4Rec-style models mask with python's random
+    losses = model.calculate_loss(batch)
+    loss = sum(losses) if isinstance(losses, tuple) else losses
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return loss.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+@pytest.mark.parametrize("model_name", INVARIANT)
+def test_cut_batch_gives_the_padded_loss_and_gradients(tiny_path, model_name):
+    config, train, _ = build(tiny_path, model_name)
+    assert isinstance(train, LengthBucketTrainDataLoader)
+    _, stock, _ = build(tiny_path, model_name, length_buckets=False)
+    assert type(stock) is not LengthBucketTrainDataLoader
+    lengths = train._dataset.inter_feat["item_length"]
+    # rows of mixed lengths 1..12 in a batch padded to 20: the loader cuts to width 12
+    short = torch.nonzero(lengths <= 12).flatten()
+    rows = short[torch.randperm(len(short), generator=torch.Generator().manual_seed(0))[:94]]
+    rows = torch.cat([rows, torch.nonzero(lengths == 12)[0], torch.nonzero(lengths == 1)[0]])
+    cut = train.collate_fn(rows.tolist())
+    assert cut["item_id_list"].shape[1] == cut["timestamp_list"].shape[1] == 12
+    # the same rows at full width (same sampled negatives): the cut columns padded back
+    padded = type(cut)({k: v.clone() for k, v in cut.interaction.items()})
+    for field in train.list_fields:
+        padded[field] = torch.nn.functional.pad(cut[field], (0, WIDTH - 12))
+    assert torch.equal(padded["item_id_list"], stock.collate_fn(rows.tolist())["item_id_list"])
+    torch.manual_seed(1)
+    model = get_model(model_name)(config, train._dataset)
+    model.eval()  # dropout off; calculate_loss still builds the training loss
+    loss_full, grads_full = loss_and_grads(model, padded)
+    loss_cut, grads_cut = loss_and_grads(model, cut)
+    assert torch.allclose(loss_full, loss_cut, rtol=1e-5, atol=1e-6)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    for name, g_full, g_cut in zip(names, grads_full, grads_cut):
+        assert torch.allclose(g_full, g_cut, rtol=1e-4, atol=1e-6), name
+
+
+def test_left_padding_would_not_be_exact(tiny_path):
+    # the exactness above rests on RecBole's left-aligned histories: cutting from the
+    # other side (keeping the last 12 columns) changes SASRec's loss
+    config, train, _ = build(tiny_path, "SASRec", length_buckets=False)
+    lengths = train._dataset.inter_feat["item_length"]
+    rows = torch.nonzero(lengths <= 12).flatten()[:96].tolist()
+    batch = train.collate_fn(rows)
+    assert bool((batch["item_id_list"][:, 12:] == 0).all())  # right padding
+    model = get_model("SASRec")(config, train._dataset).eval()
+    full = loss_and_grads(model, batch)[0]
+    batch["item_id_list"] = batch["item_id_list"][:, -12:]
+    assert not torch.allclose(full, loss_and_grads(model, batch)[0], atol=1e-4)
+
+
+def test_bucketed_loader_batches_similar_lengths_and_cuts_them(tiny_path):
+    config, train, _ = build(tiny_path, "SASRec", train_batch_size=64)
+    assert isinstance(train, LengthBucketTrainDataLoader)
+    lengths = train._dataset.inter_feat["item_length"]
+    n_rows = len(lengths)
+    seen, epochs = [], []
+    for _ in range(2):
+        order = []
+        for batch in train:
+            width = int(batch["item_length"].max())
+            assert batch["item_id_list"].shape[1] == width
+            assert batch["timestamp_list"].shape[1] == width
+            # rows sorted by length: a batch spans at most two adjacent runs of lengths
+            # (only rows with length == WIDTH can fill several batches)
+            order.append(batch["item_length"].tolist())
+            seen += batch["user_id"].tolist()
+        epochs.append(order)
+    assert len(seen) == 2 * n_rows and len(train) == -(-n_rows // 64)
+    spans = [max(b) - min(b) for b in epochs[0]]
+    assert sorted(spans)[len(spans) // 2] <= 1  # most batches hold one or two lengths
+    assert epochs[0] != epochs[1]  # reshuffled between epochs
+    # same seed, same batches
+    _, again, _ = build(tiny_path, "SASRec", train_batch_size=64)
+    assert [b["item_length"].tolist() for b in again] == epochs[0]
+
+
+def test_sampler_visits_every_row_once_per_epoch():
+    lengths = torch.tensor([5, 1, 3, 3, 9, 1, 2, 7, 7, 7, 4])
+    sampler = LengthBucketBatchSampler(lengths, 4, True, torch.Generator().manual_seed(0))
+    for _ in range(3):
+        batches = list(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert len(batches) == len(sampler) == 3
+    ordered = list(LengthBucketBatchSampler(lengths, 4, False, torch.Generator()))
+    assert [[int(lengths[i]) for i in b] for b in ordered] == [[1, 1, 2, 3], [3, 4, 5, 7], [7, 7, 9]]
+
+
+def test_width_dependent_models_keep_recbole_loader(tiny_path):
+    assert not is_length_invariant(get_model("Caser"))
+    _, train, _ = build(tiny_path, "Caser", MAX_ITEM_LIST_LENGTH=10)
+    assert type(train) is not LengthBucketTrainDataLoader
+    # our own models are excluded unless they declare it themselves
+    class Child(get_model("SASRec")):
+        pass
+
+    assert is_length_invariant(get_model("SASRec")) and not is_length_invariant(Child)
+
+
+def test_length_buckets_must_be_bool(tiny_path):
+    with pytest.raises(TypeError, match="length_buckets must be True or False, got 'yes'"):
+        build(tiny_path, "SASRec", length_buckets="yes")
