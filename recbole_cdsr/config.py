@@ -8,14 +8,19 @@ Precedence, lowest first: RecBole's internal yaml < recbole_cdsr ``properties/ov
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
 
 from recbole_cdsr.utils import PROPERTIES, default_data_path, get_model
 
 DEFAULT_DATASET = "ml100k_genre"
+# RecBole models that ignore the history and can share the sequential split (the
+# popularity ranker every comparison table reports as its floor).
+SEQUENCE_AGNOSTIC_MODELS = ("Pop",)
 
 
 class Config(RecBoleConfig):
@@ -48,6 +53,10 @@ class Config(RecBoleConfig):
         return super()._get_model_and_dataset(model, dataset)
 
     def _load_internal_config_dict(self, model, model_class, dataset) -> None:
+        if model in SEQUENCE_AGNOSTIC_MODELS:
+            # RecBole's popularity ranker reads only each row's target item: it runs on the
+            # sequential split (RecBole's sequential defaults) and is evaluated like the rest.
+            model_class = SimpleNamespace(type=ModelType.SEQUENTIAL)
         super()._load_internal_config_dict(model, model_class, dataset)
         self.internal_config_dict["data_path"] = str(default_data_path())
         for path in [
@@ -61,6 +70,8 @@ class Config(RecBoleConfig):
                     dataset_keys = self.parameters["Dataset"]
                     dataset_keys += [k for k in loaded if k not in dataset_keys]
         self.internal_config_dict["MODEL_TYPE"] = model_class.type
+        if model in SEQUENCE_AGNOSTIC_MODELS:
+            self.internal_config_dict["epochs"] = 1  # one counting pass
 
     def _init_device(self) -> None:
         # RecBole's DDP path hard-codes NCCL and CUDA; without a GPU use gloo on the CPU,

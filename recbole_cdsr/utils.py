@@ -161,23 +161,87 @@ def create_dataset(config):
 
 
 def check_dataset_files(config) -> None:
-    """Checks every atomic file RecBole will read: syntax, line widths, load_col fields."""
-    from recbole_cdsr.data.atomic import check_atomic_file
+    """Checks every atomic file RecBole will read (rules: docs/atomic_format.md).
 
+    Honours ``field_separator``, ``seq_separator``, ``encoding`` and ``load_col``; a fixed
+    split (``benchmark_filename``) of a sequential model also needs an
+    ``<ITEM_ID_FIELD><LIST_SUFFIX>`` history column without padding.
+
+    Raises:
+        FileNotFoundError: a file RecBole will read is missing.
+        AtomicFileError: naming the file, line, field and value, and the fix.
+    """
+    from recbole_cdsr.data.atomic import (
+        AtomicFileError,
+        AtomicFormat,
+        check_atomic_file,
+        check_no_padding,
+        token_values,
+    )
+
+    fmt = AtomicFormat.from_config(config)
     folder = Path(config["data_path"])
     name = config["dataset"]
-    load_col = config["load_col"] or {}
-    suffixes = {"inter": [f"{name}.inter"]}
-    if config["benchmark_filename"]:
-        suffixes["inter"] = [f"{name}.{part}.inter" for part in config["benchmark_filename"]]
-    for suffix, files in {**suffixes, **{s: [f"{name}.{s}"] for s in load_col if s != "inter"}}.items():
-        for filename in files:
-            path = folder / filename
-            if not path.is_file():
-                if suffix == "inter":
-                    raise FileNotFoundError(f"{path} is missing; dataset {name} needs it")
-                raise FileNotFoundError(f"load_col names '{suffix}' but {path} is missing")
-            check_atomic_file(path, required=load_col.get(suffix, []))
+    load_col = config["load_col"]
+
+    def loaded(suffix: str) -> list[str] | None:  # None: every column
+        cols = None if load_col is None else load_col.get(suffix)
+        return None if cols is None or cols == "*" else list(cols)
+
+    benchmark = config["benchmark_filename"]
+    inter_files = [f"{name}.{part}.inter" for part in benchmark] if benchmark else [f"{name}.inter"]
+    headers = {}
+    for filename in inter_files:
+        path = folder / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; dataset {name} needs it")
+        headers[path] = check_atomic_file(path, loaded("inter") or [], fmt, loaded("inter"))
+    suffixes = ["user", "item"] if load_col is None else [s for s in load_col if s != "inter"]
+    for suffix in suffixes:
+        path = folder / f"{name}.{suffix}"
+        if not path.is_file():
+            if load_col is None:
+                continue
+            raise FileNotFoundError(f"load_col names '{suffix}' but {path} is missing")
+        headers[path] = check_atomic_file(path, loaded(suffix) or [], fmt, loaded(suffix))
+    if not benchmark or config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        return
+
+    item_field = config["ITEM_ID_FIELD"]
+    list_field = item_field + config["LIST_SUFFIX"]
+    seq_len = config["seq_len"] or {}
+    if list_field in seq_len:
+        raise ValueError(
+            f"seq_len {{{list_field}: {seq_len[list_field]}}} would keep the oldest "
+            f"{seq_len[list_field]} items of each history; remove it from seq_len: "
+            f"histories longer than MAX_ITEM_LIST_LENGTH keep their most recent items"
+        )
+    history_fields = {list_field, *(config["alias_of_item_id"] or [])}
+    zero_is_item = None
+    for filename in inter_files:
+        path = folder / filename
+        header, cols = headers[path], loaded("inter")
+        if list_field not in header or (cols is not None and list_field not in cols):
+            where = f"the header has {list(header)}" if list_field not in header else (
+                f"load_col['inter'] is {cols}: add {list_field}")
+            raise AtomicFileError(
+                f"{path}: a fixed split (benchmark_filename) needs the history column "
+                f"{list_field}:token_seq (the items before the target, oldest first); "
+                f"{where}. See docs/atomic_format.md"
+            )
+        for field in sorted(history_fields & set(header)):
+            if header[field] != "token_seq":
+                continue
+            if zero_is_item is None:
+                items = set()
+                for other in inter_files:
+                    items |= token_values(folder / other, item_field, fmt)
+                item_path = folder / f"{name}.item"
+                if item_path in headers and item_field in headers[item_path]:
+                    items |= token_values(item_path, item_field, fmt)
+                zero_is_item = "0" in items
+            if not zero_is_item:
+                check_no_padding(path, field, fmt)
 
 
 def data_preparation(config, dataset):

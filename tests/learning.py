@@ -1,0 +1,145 @@
+"""Learning checks shared by the per-model ``test_*learn*`` tests.
+
+Every model is trained through its own dataset, loaders and trainer (the path a user's run
+takes) on one fixed slice, for a fixed number of optimiser steps, and read on validation:
+
+* ``learn(model, root, steps, ...)`` -> best valid result and the per-epoch training loss;
+* ``popularity(root)`` -> RecBole's ``Pop`` on the same split (the floor a model must beat);
+* ``overfit_hit(model, root, ...)`` -> HR@10 of the model on the *training* targets of the
+  slice after training, from the same rows RecBole's SequentialDataset trains SASRec on.
+
+The slice is ``ml100k_genre`` (two domains, drama/other) cut to its first users; targets are
+ranked within their domain (the package default protocol).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pandas as pd
+import torch
+
+from recbole_cdsr.config import Config
+from recbole_cdsr.data.dataset import CDSRDataset
+from recbole_cdsr.quick_start import build
+from recbole_cdsr.utils import get_trainer
+
+METRIC = "mean/hit@10"
+
+# One small transformer size for every model (each model's yaml keeps its paper size).
+SMALL = dict(
+    MAX_ITEM_LIST_LENGTH=20,
+    hidden_size=32,
+    inner_size=64,
+    embedding_size=32,
+    n_layers=2,
+    n_heads=2,
+    train_batch_size=128,
+    eval_batch_size=512,
+    show_progress=False,
+    state="ERROR",
+    metrics=["Hit", "NDCG"],
+    topk=[10],
+    valid_metric="mean/hit@10",
+    stopping_step=1000,
+    checkpoint_dir="saved",
+    reproducibility=True,
+)
+
+
+def make_user_slice(root, source_root, name: str, n_users: int) -> None:
+    """Writes ``<root>/<name>/``: the first ``n_users`` users of ``ml100k_genre``."""
+    src = source_root / "ml100k_genre"
+    inter = pd.read_csv(src / "ml100k_genre.inter", sep="\t", dtype=str)
+    users = sorted(inter["user_id:token"].unique(), key=int)[:n_users]
+    inter = inter[inter["user_id:token"].isin(users)]
+    items = pd.read_csv(src / "ml100k_genre.item", sep="\t", dtype=str)
+    user = pd.read_csv(src / "ml100k_genre.user", sep="\t", dtype=str)
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    inter.to_csv(out / f"{name}.inter", sep="\t", index=False)
+    items.to_csv(out / f"{name}.item", sep="\t", index=False)
+    user[user["user_id:token"].isin(users)].to_csv(out / f"{name}.user", sep="\t", index=False)
+
+
+def slice_config(root, **overrides) -> dict:
+    config = {
+        "data_path": str(root),
+        "load_col": {
+            "inter": ["user_id", "item_id", "timestamp"],
+            "item": ["item_id", "item_domain"],
+            "user": ["user_id", "user_group"],
+        },
+        **SMALL,
+    }
+    config.update(overrides)
+    return config
+
+
+class _StepCapped:
+    """Mixin for a train loader: each epoch yields at most ``step_cap`` batches."""
+
+    step_cap: int
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.step_cap)
+
+
+def _cap(loader, steps_per_epoch: int | None):
+    if steps_per_epoch is None:
+        return loader
+    loader.__class__ = type(f"Capped{type(loader).__name__}", (_StepCapped, type(loader)), {})
+    loader.step_cap = steps_per_epoch
+    return loader
+
+
+def train(model: str, root, dataset: str, epochs: int, steps_per_epoch: int | None = None,
+          seed: int = 2020, **overrides):
+    """Trains ``model`` with its own trainer; returns (config, trainer, data, result).
+
+    ``result`` is ``{"valid": best valid metrics, "losses": [epoch loss, ...]}``.
+    """
+    config = Config(model, dataset, config_dict=slice_config(
+        root, epochs=epochs, seed=seed, **overrides))
+    _, train_data, valid_data, test_data, net = build(config)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    _cap(train_data, steps_per_epoch)
+    _, best = trainer.fit(train_data, valid_data, saved=False, show_progress=False)
+    losses = [float(sum(v)) if isinstance(v, tuple) else float(v)
+              for _, v in sorted(trainer.train_loss_dict.items())]
+    return config, trainer, (train_data, valid_data, test_data), {"valid": best, "losses": losses}
+
+
+def learn(model: str, root, dataset: str, epochs: int, steps_per_epoch: int | None = None,
+          **overrides) -> dict:
+    """Best valid metrics and per-epoch losses of ``model`` trained on the slice."""
+    return train(model, root, dataset, epochs, steps_per_epoch, **overrides)[3]
+
+
+def popularity(root, dataset: str) -> dict:
+    """Valid metrics of RecBole's ``Pop`` on the same split and protocol."""
+    return learn("Pop", root, dataset, epochs=1)["valid"]
+
+
+@torch.no_grad()
+def overfit_hit(model: str, root, dataset: str, epochs: int, k: int = 10, **overrides) -> float:
+    """HR@k (within the target's domain) on the slice's own training targets after training.
+
+    The rows are RecBole's SequentialDataset training rows (every prefix of every user), read
+    with ``full_sort_predict`` as evaluation reads them.
+    """
+    config, trainer, _, _ = train(model, root, dataset, epochs, **overrides)
+    net = trainer.model.eval()
+    rows = CDSRDataset(config).build()[0]
+    item_domain = rows.item_domain.to(config["device"])
+    inter = rows.inter_feat
+    hits, n = 0, len(inter)
+    for start in range(0, n, 512):
+        batch = inter[start:start + 512].to(config["device"])
+        scores = net.full_sort_predict(batch).view(len(batch), -1)
+        target = batch[rows.iid_field]
+        scores[item_domain.unsqueeze(0) != item_domain[target].unsqueeze(1)] = -torch.inf
+        scores[:, 0] = -torch.inf
+        top = scores.topk(k, dim=1).indices
+        hits += int((top == target.unsqueeze(1)).any(1).sum())
+    return hits / n
