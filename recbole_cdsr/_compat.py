@@ -3,14 +3,12 @@
 Imported by ``recbole_cdsr/__init__.py`` before anything imports recbole.
 """
 
-import os
+# torch >= 2.6 loads with weights_only=True, and RecBole 1.2.1 checkpoints pickle the
+# Config (RecBole #2212). We do NOT change torch's default for the process: our
+# checkpoints store the Config as plain data and CDSRTrainer / load_data_and_model load
+# them with weights_only=True and an explicit allow-list (recbole_cdsr.config).
 
-# torch >= 2.6 loads with weights_only=True; RecBole checkpoints pickle the Config,
-# numpy scalars and other_parameter(), so Trainer.evaluate(load_best_model=True)
-# fails with UnpicklingError (RecBole #2212). Also reaches ray workers.
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 # numpy 2 removed aliases that ray 2.6.3 (np.bool8) and RecBole's
 # Config.compatibility_settings (np.float_, np.complex_, np.unicode_) use.

@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from recbole.utils import init_logger, init_seed
 
-from recbole_cdsr.checks import check_config, check_data, strict_json_value
-from recbole_cdsr.config import Config
+from recbole_cdsr.checks import check_config, check_dataset, check_splits, strict_json_value
+from recbole_cdsr.config import Config, checkpoint_loading
 from recbole_cdsr.utils import create_dataset, data_preparation, get_model, get_trainer
 
 logger = logging.getLogger(__name__)
@@ -204,14 +204,51 @@ def plain_config(config) -> dict:
     return out
 
 
-def load_data_and_model(model_file: str | Path):
+def load_data_and_model(model_file: str | Path, trust_checkpoint: bool = False):
     """Rebuilds config, data and model from a checkpoint written by a run.
+
+    The file is read with ``torch.load(weights_only=True)`` and an explicit allow-list
+    (tensors, plain data, our Config rebuilder, RecBole's enums): a checkpoint that names
+    anything else (e.g. a pickled payload that would run code) is refused.
+
+    Args:
+        model_file: a ``.pth`` file written by ``run_recbole_cdsr`` (any trainer of ours).
+        trust_checkpoint: read the file with ``weights_only=False``, which runs whatever
+            code the pickle names: only for files you trust, e.g. checkpoints written
+            before our Config was stored as plain data.
 
     Returns:
         (config, model, dataset, train_data, valid_data, test_data)
+
+    Raises:
+        pickle.UnpicklingError: the file names a global outside the allow-list (and
+            ``trust_checkpoint`` is False).
+        ValueError: the file is not a recbole_cdsr checkpoint.
     """
-    checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
-    config = checkpoint["config"]
+    import pickle
+
+    with checkpoint_loading():
+        try:
+            checkpoint = torch.load(model_file, map_location="cpu",
+                                    weights_only=not trust_checkpoint)
+        except pickle.UnpicklingError as err:
+            raise pickle.UnpicklingError(
+                f"{model_file}: refused by the weights-only loader (it names something "
+                f"outside recbole_cdsr's allow-list): {str(err).splitlines()[-1]} "
+                "If you wrote this file yourself (e.g. with an older recbole_cdsr) and "
+                "trust it, pass load_data_and_model(path, trust_checkpoint=True), which "
+                "runs the pickle's code."
+            ) from err
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, Config):
+        raise ValueError(
+            f"{model_file}: not a recbole_cdsr checkpoint (expected a dict with a 'config' "
+            f"Config, got {type(checkpoint).__name__} with config {type(config).__name__})"
+        )
+    # RecBole sets numpy's removed aliases (np.float, ...) in Config.__init__, which an
+    # unpickled config skips: evaluation in a fresh process would fail on np.float.
+    config.compatibility_settings()
+    config.model_class = get_model(config["model"])
     # A DDP run pickles its rank settings; reload in a single process (RecBole #2063).
     for key in ("local_rank", "world_size", "nproc", "ip", "port", "offset"):
         config.final_config_dict.pop(key, None)

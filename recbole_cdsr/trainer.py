@@ -26,6 +26,7 @@ from recbole.evaluator.collector import DataStruct
 from recbole.trainer import Trainer
 from torch.nn.parallel import DistributedDataParallel
 
+from recbole_cdsr.config import checkpoint_loading, checkpoint_pickling
 from recbole_cdsr.data.dataset import EVAL_ROW_FIELD
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,14 @@ class CDSREvaluator(Evaluator):
         return result
 
 
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """``torch.save`` of a checkpoint dict, its Config written as plain data, in torch's
+    default pickle protocol: loadable with ``torch.load(weights_only=True)`` inside
+    ``recbole_cdsr.config.checkpoint_loading()``."""
+    with checkpoint_pickling():
+        torch.save(state, path)
+
+
 class CDSRTrainer(Trainer):
     """Trainer whose evaluation follows the CDSR protocols (module docstring)."""
 
@@ -184,7 +193,35 @@ class CDSRTrainer(Trainer):
         self.eval_collector.bind(self._eval_dataset)
         if (load_best_model or model_file) and not self.config["single_spec"]:
             torch.distributed.barrier()  # rank 0 has finished writing the checkpoint
-        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        with checkpoint_loading():  # RecBole's torch.load: weights only + our allow-list
+            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        # RecBole writes pickle protocol 4, whose FRAME opcode torch's weights-only loader
+        # rejects ("Unsupported operand 149"); save_checkpoint writes torch's default
+        # protocol and the Config as plain data, so the file loads with weights_only=True.
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        save_checkpoint(self.checkpoint_state(epoch), saved_model_file)
+        if verbose:
+            self.logger.info(f"Saving current: {saved_model_file}")
+
+    def checkpoint_state(self, epoch: int, state_dict: dict | None = None) -> dict:
+        """What a checkpoint holds (RecBole's keys); ``state_dict`` defaults to the model's."""
+        return {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict() if state_dict is None else state_dict,
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def resume_checkpoint(self, resume_file):
+        with checkpoint_loading():
+            super().resume_checkpoint(resume_file)
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)

@@ -50,7 +50,7 @@ from torch import nn
 
 from recbole_cdsr.data.dataset import CDSRDataset
 from recbole_cdsr.model.layers import init_recbole_weights
-from recbole_cdsr.trainer import CDSRTrainer
+from recbole_cdsr.trainer import CDSRTrainer, save_checkpoint
 from recbole_cdsr.utils import check_choice
 
 logger = logging.getLogger(__name__)
@@ -682,18 +682,6 @@ class ADARecTrainer(CDSRTrainer):
         state_dict = self.model.state_dict()
         for snapshot in self._snapshots.values():
             state_dict = {**state_dict, **snapshot}
-        torch.save(
-            {
-                "config": self.config,
-                "epoch": epoch,
-                "cur_step": self.cur_step,
-                "best_valid_score": self.best_valid_score,
-                "state_dict": state_dict,
-                "other_parameter": self.model.other_parameter(),
-                "optimizer": self.optimizer.state_dict(),
-            },
-            saved_model_file,
-            pickle_protocol=4,
-        )
+        save_checkpoint(self.checkpoint_state(epoch, state_dict), saved_model_file)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
