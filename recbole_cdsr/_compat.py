@@ -40,3 +40,45 @@ def import_recbole_sequential_models() -> None:
     import recbole.model.sequential_recommender  # noqa: F401
 
     torch.autograd.set_detect_anomaly(False)
+
+
+# Fused elementwise layers (issue 13). On the CPU a RecBole 1.2.1 SASRec step spends
+# most of its op time in two elementwise layers (torch.profiler; docs/results.md):
+# FeedForward.gelu, written as x * 0.5 * (1 + erf(x / sqrt 2)) in Python (five ops
+# and their backward), and nn.Dropout, whose CPU mask is drawn by bernoulli_. The
+# replacements compute the same functions: torch's erf GELU (F.gelu, approximate
+# "none"), and a dropout that keeps each element with probability 1 - p (a uniform
+# draw >= p) and scales kept ones by 1 / (1 - p), as torch's does; only the random
+# stream differs. tests/test_speed_exact.py checks both. Off: use_fused_layers(False).
+import torch  # noqa: E402
+from recbole.model import layers as _recbole_layers  # noqa: E402
+
+_STOCK = {
+    "gelu": _recbole_layers.FeedForward.gelu,
+    "dropout": torch.nn.Dropout.forward,
+}
+
+
+def _fused_gelu(self, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(x)
+
+
+def _uniform_mask_dropout(self, input: torch.Tensor) -> torch.Tensor:
+    if not self.training or not 0.0 < self.p < 1.0 or input.device.type != "cpu":
+        return _STOCK["dropout"](self, input)
+    keep = torch.rand_like(input).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+    return input.mul_(keep) if self.inplace else input * keep
+
+
+def use_fused_layers(enabled: bool = True) -> None:
+    """Installs (or removes) the fused GELU and dropout process-wide.
+
+    RecBole binds ``FeedForward.gelu`` when a layer is built, so a model built while
+    the patch is on keeps the fused GELU; dropout is looked up at every call. Only CPU
+    tensors in training mode take the new dropout (CUDA already fuses its own).
+    """
+    _recbole_layers.FeedForward.gelu = _fused_gelu if enabled else _STOCK["gelu"]
+    torch.nn.Dropout.forward = _uniform_mask_dropout if enabled else _STOCK["dropout"]
+
+
+use_fused_layers(True)

@@ -137,3 +137,64 @@ def test_width_dependent_models_keep_recbole_loader(tiny_path):
 def test_length_buckets_must_be_bool(tiny_path):
     with pytest.raises(TypeError, match="length_buckets must be True or False, got 'yes'"):
         build(tiny_path, "SASRec", length_buckets="yes")
+
+
+def test_fused_gelu_is_recbole_erf_gelu():
+    from recbole.model.layers import FeedForward
+
+    from recbole_cdsr import _compat
+
+    layer = FeedForward(8, 16, 0.0, "gelu", 1e-12)
+    assert layer.intermediate_act_fn.__func__ is _compat._fused_gelu  # installed at import
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64).requires_grad_()
+    ours, stock = _compat._fused_gelu(None, x), _compat._STOCK["gelu"](None, x)
+    assert torch.allclose(ours, stock, rtol=1e-12, atol=1e-14)
+    g_ours, = torch.autograd.grad(ours.sum(), x)
+    g_stock, = torch.autograd.grad(stock.sum(), x)
+    assert torch.allclose(g_ours, g_stock, rtol=1e-10, atol=1e-12)
+    x32 = torch.randn(64, 50, 256)
+    assert torch.allclose(layer.gelu(x32), _compat._STOCK["gelu"](None, x32), atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_fused_dropout_keeps_torch_dropout_distribution(p):
+    from recbole_cdsr import _compat
+
+    drop = torch.nn.Dropout(p)
+    assert type(drop).forward is _compat._uniform_mask_dropout
+    torch.manual_seed(0)
+    x = torch.full((400, 1000), 3.0, requires_grad=True)
+    out = drop(x)
+    kept = out != 0
+    # 400k Bernoulli(1 - p) draws: the keep rate is within 5 standard errors
+    rate = kept.double().mean().item()
+    assert abs(rate - (1 - p)) < 5 * ((p * (1 - p)) / x.numel()) ** 0.5
+    assert torch.allclose(out[kept], torch.tensor(3.0 / (1 - p)))
+    out.sum().backward()
+    assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.tensor(1 / (1 - p)))
+    # masks differ between calls; eval mode and p = 0 are the identity
+    assert not torch.equal(drop(x) != 0, kept)
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    # torch's own dropout has the same keep rate and scale
+    torch.manual_seed(0)
+    stock = _compat._STOCK["dropout"](torch.nn.Dropout(p), x.detach())
+    assert abs((stock != 0).double().mean().item() - rate) < 10 * ((p * (1 - p)) / x.numel()) ** 0.5
+    assert torch.allclose(stock[stock != 0], torch.tensor(3.0 / (1 - p)))
+
+
+def test_fused_dropout_in_place_and_switch_off():
+    from recbole_cdsr import _compat
+
+    x = torch.ones(1000)
+    out = torch.nn.Dropout(0.5, inplace=True)(x)
+    assert out is x and set(x.unique().tolist()) <= {0.0, 2.0}
+    try:
+        _compat.use_fused_layers(False)
+        assert torch.nn.Dropout.forward is _compat._STOCK["dropout"]
+        from recbole.model.layers import FeedForward
+
+        assert FeedForward(8, 16, 0.0, "gelu", 1e-12).intermediate_act_fn.__func__ is _compat._STOCK["gelu"]
+    finally:
+        _compat.use_fused_layers(True)
+    assert torch.nn.Dropout.forward is _compat._uniform_mask_dropout
