@@ -3,21 +3,25 @@
 A converter is a pure function ``convert(fetch, out_dir) -> stats``: ``fetch(rel)``
 returns a verified local path of a raw file (see :mod:`sources`), the converter writes
 ``<out_dir>/<name>.*`` atomic files and returns a JSON-able stats dict. The registry
-wraps it with a cache stamp, ``stats.json`` and a README in the output folder.
+wraps it with ``stats.json`` (counts and sha256 of every converted file, verified before
+the folder is trusted), a README, a lock and an atomic rename of the finished folder.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import importlib
 import json
 import logging
+import os
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from recbole_cdsr.data.sources import RawSource, checksums, upstream_url
+from recbole_cdsr.data.sources import RawFileError, RawSource, checksums, sha256_of, upstream_url
 
 logger = logging.getLogger(__name__)
 
@@ -110,41 +114,132 @@ class _RecordingFetch:
         return path
 
 
-def _stamp_ok(folder: Path, info: DatasetInfo) -> bool:
+class CacheError(RuntimeError):
+    """A converted dataset fails verification and cannot be rebuilt."""
+
+
+def _manifest(folder: Path) -> dict[str, dict]:
+    """``{relative path: {"bytes", "lines", "sha256"}}`` of every file in ``folder``."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest, size, lines = hashlib.sha256(), 0, 0
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+                lines += block.count(b"\n")
+        files[path.relative_to(folder).as_posix()] = {
+            "bytes": size, "lines": lines, "sha256": digest.hexdigest()}
+    return files
+
+
+def verify_cache(folder: Path, info: DatasetInfo) -> str | None:
+    """Checks a converted folder against its ``stats.json``.
+
+    Returns:
+        None when the converter version, the raw files' checksums and every converted
+        file (bytes and sha256) match what ``stats.json`` records; else what differs.
+        Files not listed (caches that models derive, such as I2VAE's pseudo-sequences)
+        are not checked.
+    """
     stamp = folder / STAMP
     if not stamp.is_file():
-        return False
-    meta = json.loads(stamp.read_text())
-    return meta.get("converter_version") == info.version and all(
-        checksums().get(rel, "unverified") == digest for rel, digest in meta.get("raw_files", {}).items()
-    )
+        return f"{stamp} is missing (the conversion never finished)"
+    try:
+        meta = json.loads(stamp.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"{stamp} is not valid JSON ({err})"
+    if meta.get("converter_version") != info.version:
+        return (f"it was made by converter version {meta.get('converter_version')}, the "
+                f"current one is {info.version}")
+    for rel, digest in meta.get("raw_files", {}).items():
+        if checksums().get(rel, "unverified") != digest:
+            return f"raw file {rel} has a different registered checksum now"
+    files = meta.get("files")
+    if not files:
+        return f"{stamp} records no converted files (made by an older recbole_cdsr)"
+    for rel, expected in files.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != expected["bytes"] or sha256_of(path) != expected["sha256"]:
+            return f"{path} was changed after conversion (its sha256 differs from {STAMP})"
+    return None
 
 
 def prepare_dataset(
     name: str, data_path: Path, source: RawSource | None = None, force: bool = False
 ) -> dict:
-    """Makes sure ``<data_path>/<name>/`` holds the converted atomic files.
+    """Makes sure ``<data_path>/<name>/`` holds the verified converted atomic files.
 
-    Conversion runs once; later calls read the stamp. Returns the stats dict.
+    A folder whose files match its ``stats.json`` is used as is. Otherwise the dataset
+    is converted under an exclusive lock (``<data_path>/.<name>.lock``) into a private
+    temporary folder, which then replaces ``<name>/`` by a rename, so concurrent
+    processes never see a half-written folder and convert only once.
+
+    Returns:
+        The converter's stats dict.
+
+    Raises:
+        CacheError: the folder fails verification and the raw files to rebuild it are
+            not available.
     """
     info = dataset_info(name)
-    folder = Path(data_path) / name
-    if not force and _stamp_ok(folder, info):
+    data_path = Path(data_path)
+    folder = data_path / name
+    if not force and verify_cache(folder, info) is None:
         return json.loads((folder / STAMP).read_text())["stats"]
-    fetch = _RecordingFetch(source or RawSource())
-    tmp = folder.with_name(folder.name + ".converting")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    logger.info("converting dataset %s into %s", name, folder)
-    stats = info.convert_fn()(fetch, tmp)
-    raw = {rel: checksums().get(rel, "unverified") for rel in sorted(set(fetch.used))}
-    meta = {"dataset": name, "converter_version": info.version, "raw_files": raw,
-            "stats": stats}
-    (tmp / STAMP).write_text(json.dumps(meta, indent=1) + "\n")
-    (tmp / "README.md").write_text(_readme(info, raw, stats))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
-    logger.info("dataset %s: %s", name, json.dumps(stats))
+    try:
+        data_path.mkdir(parents=True, exist_ok=True)
+        lock = open(data_path / f".{name}.lock", "a")
+    except OSError as err:
+        raise CacheError(
+            f"dataset {name} must be converted into {folder} ({verify_cache(folder, info)}) "
+            f"but {data_path} is not writable ({err}); choose a writable --data_path"
+        ) from err
+    with lock:  # closing the file releases the flock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        problem = None if force else verify_cache(folder, info)
+        if problem is None and not force:  # another process converted it meanwhile
+            return json.loads((folder / STAMP).read_text())["stats"]
+        if folder.exists():
+            logger.warning("dataset %s: %s; rebuilding it from the raw files", name, problem)
+        try:
+            return _convert(info, folder, source)
+        except RawFileError as err:
+            if not folder.exists():
+                raise
+            raise CacheError(
+                f"{folder} cannot be trusted ({problem}) and cannot be rebuilt: {err}. "
+                f"Make the raw files available, or delete {folder} to drop the dataset"
+            ) from err
+
+
+def _convert(info: DatasetInfo, folder: Path, source: RawSource | None) -> dict:
+    """Converts into a temporary folder and renames it to ``folder`` (lock held)."""
+    root = folder.parent
+    for stale in [*root.glob(f".{info.name}.converting.*"), *root.glob(f".{info.name}.old.*"),
+                  root / f"{info.name}.converting"]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed process
+    tmp = root / f".{info.name}.converting.{os.getpid()}"
+    tmp.mkdir()
+    try:
+        fetch = _RecordingFetch(source or RawSource())
+        logger.info("converting dataset %s into %s", info.name, folder)
+        stats = info.convert_fn()(fetch, tmp)
+        raw = {rel: checksums().get(rel, "unverified") for rel in sorted(set(fetch.used))}
+        (tmp / "README.md").write_text(_readme(info, raw, stats))
+        meta = {"dataset": info.name, "converter_version": info.version, "raw_files": raw,
+                "files": _manifest(tmp), "stats": stats}
+        (tmp / STAMP).write_text(json.dumps(meta, indent=1) + "\n")
+        old = root / f".{info.name}.old.{os.getpid()}"
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("dataset %s: %s", info.name, json.dumps(stats))
     return stats
 
 
