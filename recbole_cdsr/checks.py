@@ -1,10 +1,11 @@
 """Start-of-run checks: every setting that could fail or mislead later is checked before
 the first training batch, with the bad value, the allowed values and the fix.
 
-:func:`check_config` needs only the Config (run before the dataset is built);
-:func:`check_data` needs the built splits and the trainer (run before ``fit``). Both are
-called by :func:`recbole_cdsr.quick_start.run_recbole_cdsr`. Each check is its own
-function, so a test can exercise one at a time.
+:func:`check_config` needs only the Config (run before any data is read);
+:func:`check_dataset` the loaded dataset (run before the splits and any model-specific
+data stage are built); :func:`check_splits` the splits and the trainer (run before
+``fit``). All are called by :func:`recbole_cdsr.quick_start.run_recbole_cdsr`. Each
+check is its own function, so a test can exercise one at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from recbole.evaluator.register import metrics_dict
 from recbole.utils import ModelType
@@ -257,19 +259,32 @@ def check_writable(config, saved: bool = True) -> None:
 # ------------------------------------------------------------------ built data
 
 
-def check_data(config, train_data, valid_data, test_data, trainer) -> None:
-    """Checks that need the built splits and trainer (ranked pools, subsets).
+def check_dataset(config, dataset) -> None:
+    """Checks that need the loaded dataset (domains, groups), run before the splits are
+    built (so before any model-specific data stage such as I2VAE's LightGCN).
 
     Raises:
         ConfigCheckError: naming the key, its value, what is allowed and the fix.
     """
-    dataset = train_data._dataset
     if not hasattr(dataset, "domain_names") or config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         return
     check_valid_metric_subset(config, dataset)
-    evaluated = [data._dataset for data in (valid_data, test_data) if data]
-    check_topk_pool(config, dataset, evaluated)
-    check_candidate_pools(config, trainer, evaluated)
+    check_topk_pool(config, dataset)
+    check_candidate_num(config, dataset)
+
+
+def check_splits(config, trainer, valid_data, test_data) -> None:
+    """Draws the fixed candidate sets now (cached for evaluation), so a row with too few
+    eligible items (``exclude: history``) fails before training, not at the first
+    evaluation."""
+    if not config["eval_candidates"] or getattr(trainer, "candidate_args", None) is None:
+        return
+    for data in (valid_data, test_data):
+        if data:
+            try:
+                trainer._candidate_table(data._dataset)
+            except ValueError as err:
+                raise ConfigCheckError(str(err)) from err
 
 
 def subset_names(config, dataset) -> list[str]:
@@ -302,31 +317,36 @@ def check_valid_metric_subset(config, dataset) -> None:
     )
 
 
-def _target_domain_sizes(dataset, evaluated) -> dict[str, int]:
-    """Item count of every domain that holds an evaluation target."""
+def domain_sizes(dataset) -> dict[str, int]:
+    """Item count of every domain that has interactions (so may hold targets)."""
     sizes = torch.bincount(dataset.item_domain[1:], minlength=len(dataset.domain_names))
-    targets = torch.cat([ds.inter_feat[ds.iid_field] for ds in evaluated] or [torch.zeros(0)])
-    used = dataset.item_domain[targets.long()].unique().tolist()
+    items = torch.as_tensor(np.asarray(dataset.inter_feat[dataset.iid_field])).long()
+    used = dataset.item_domain[items].unique().tolist()
     return {dataset.domain_names[d]: int(sizes[d]) for d in used if d >= 0}
 
 
-def ranked_pool(config, dataset, evaluated) -> tuple[int, str]:
-    """Smallest number of items an evaluation target is ranked among, and what sets it."""
+def _candidate_num(config) -> int | None:
     candidates = config["eval_candidates"]
-    if candidates:
-        return candidates["num"] + 1, f"eval_candidates.num={candidates['num']} + the target"
-    if not config["domain_mask"]:
-        return dataset.item_num - 1, "all items (domain_mask False)"
-    sizes = _target_domain_sizes(dataset, evaluated)
-    if not sizes:
-        return dataset.item_num - 1, "all items"
-    name = min(sizes, key=sizes.get)
-    return sizes[name], f"domain {name!r} (domain_mask True)"
+    num = candidates.get("num") if isinstance(candidates, dict) else None
+    return num if _is_int(num) and num > 0 else None  # else CDSRTrainer refuses it
 
 
-def check_topk_pool(config, dataset, evaluated) -> None:
+def ranked_pool(config, dataset) -> tuple[int, str]:
+    """Smallest number of items an evaluation target is ranked among, and what sets it."""
+    num = _candidate_num(config)
+    if num is not None:
+        return num + 1, f"eval_candidates.num={num} + the target"
+    if config["domain_mask"]:
+        sizes = domain_sizes(dataset)
+        if sizes:
+            name = min(sizes, key=sizes.get)
+            return sizes[name], f"domain {name!r} (domain_mask True)"
+    return dataset.item_num - 1, "all items (domain_mask False)"
+
+
+def check_topk_pool(config, dataset) -> None:
     """No cut-off may exceed the smallest ranked pool (its top-k would hold -inf items)."""
-    pool, source = ranked_pool(config, dataset, evaluated)
+    pool, source = ranked_pool(config, dataset)
     too_big = [k for k in config["topk"] if k > pool]
     if too_big:
         keep = [k for k in config["topk"] if k <= pool] or [pool]
@@ -336,16 +356,15 @@ def check_topk_pool(config, dataset, evaluated) -> None:
         )
 
 
-def check_candidate_pools(config, trainer, evaluated) -> None:
-    """Draws the fixed candidate sets now (cached for evaluation), so a too large
-    ``eval_candidates.num`` fails before training; first a per-domain bound naming the
-    domain, then the exact per-row draw (``exclude: history`` removes more items)."""
-    args = getattr(trainer, "candidate_args", None)
-    if not config["eval_candidates"] or args is None or not evaluated:
+def check_candidate_num(config, dataset) -> None:
+    """``eval_candidates.num`` negatives must fit in every domain's pool (``pool:
+    domain``) or in all items (``pool: all``), besides the target."""
+    num = _candidate_num(config)
+    if num is None:
         return
-    num, pool, dataset = args["num"], args["pool"], evaluated[0]
+    pool = config["eval_candidates"].get("pool", "domain")
     sizes = (
-        _target_domain_sizes(dataset, evaluated) if pool == "domain"
+        domain_sizes(dataset) if pool == "domain"
         else {f"all of {dataset.dataset_name}": dataset.item_num - 1}
     )
     for name, size in sizes.items():
@@ -355,11 +374,6 @@ def check_candidate_pools(config, trainer, evaluated) -> None:
                 f"items ({size - 1} negatives besides the target); lower num to <= "
                 f"{size - 1}{' or use pool: all' if pool == 'domain' else ''}"
             )
-    for ds in evaluated:
-        try:
-            trainer._candidate_table(ds)
-        except ValueError as err:  # a row with too few eligible items (history)
-            raise ConfigCheckError(str(err)) from err
 
 
 # ------------------------------------------------------------------ results

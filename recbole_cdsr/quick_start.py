@@ -75,12 +75,13 @@ def run_recbole_cdsr(
         ``{"all": {...}, "<domain>": {...}, "<group>": {...}}`` (see results_to_nested).
     """
     config = Config(model, dataset, config_file_list, config_dict)
-    # checks before any data is read (they may add BPR's negatives), then with the data
+    # start-of-run checks: before any data is read (they may add BPR's negatives), on the
+    # loaded dataset, then on the splits; all before the first batch
     _, train_data, valid_data, test_data, model = build(
-        config, check=lambda cfg: check_config(cfg, saved)
+        config, check=lambda cfg: check_config(cfg, saved), check_dataset=check_dataset
     )
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    check_data(config, train_data, valid_data, test_data, trainer)
+    check_splits(config, trainer, valid_data, test_data)
 
     curve = []
     start = time.time()
@@ -140,10 +141,11 @@ def _loss_value(loss) -> float:
     return float(sum(loss)) if isinstance(loss, tuple) else float(loss)
 
 
-def build(config, check=None):
+def build(config, check=None, check_dataset=None):
     """Seeds, logging, dataset, loaders and model for ``config``: the chain every entry
     point (run, tuning trial, checkpoint reload) shares. ``check(config)``, if given,
-    runs once logging is set up and before any data is read.
+    runs once logging is set up and before any data is read; ``check_dataset(config,
+    dataset)`` before the splits are built.
 
     Returns:
         (dataset, train_data, valid_data, test_data, model)
@@ -156,6 +158,8 @@ def build(config, check=None):
         check(config)
     dataset = create_dataset(config)
     logger.info(dataset)
+    if check_dataset is not None:
+        check_dataset(config, dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])

@@ -31,6 +31,26 @@ def no_training(monkeypatch):
     monkeypatch.setattr(Trainer, "_train_epoch", trained)
 
 
+@pytest.fixture
+def no_data(monkeypatch, no_training):
+    """Reading the dataset fails the test: config-only checks come first."""
+
+    def read(*args, **kwargs):
+        raise AssertionError("data read before the bad setting was refused")
+
+    monkeypatch.setattr("recbole_cdsr.quick_start.create_dataset", read)
+
+
+@pytest.fixture
+def no_splits(monkeypatch, no_training):
+    """Building the splits (where I2VAE trains LightGCN) fails the test too."""
+
+    def split(*args, **kwargs):
+        raise AssertionError("splits built before the bad setting was refused")
+
+    monkeypatch.setattr("recbole_cdsr.quick_start.data_preparation", split)
+
+
 def config_of(tiny_path, model="SASRec", **overrides):
     return Config(model, "tiny", config_dict=tiny_config(tiny_path, **overrides))
 
@@ -44,17 +64,17 @@ def refused(tiny_path, pattern, model="SASRec", **overrides):
 # ------------------------------------------------------------------ valid_metric
 
 
-def test_valid_metric_missing_from_metrics(tiny_path, no_training):
+def test_valid_metric_missing_from_metrics(tiny_path, no_data):
     message = refused(tiny_path, r"valid_metric 'MAP@12' is not computed", valid_metric="MAP@12")
     assert "add map to metrics" in message and "'ndcg@10'" in message
 
 
-def test_valid_metric_cutoff_missing_from_topk(tiny_path, no_training):
+def test_valid_metric_cutoff_missing_from_topk(tiny_path, no_data):
     message = refused(tiny_path, r"'NDCG@12' is not computed", valid_metric="NDCG@12")
     assert "add 12 to topk" in message and "[1, 5, 10, 12, 20]" in message
 
 
-def test_valid_metric_unknown_subset(tiny_path, no_training):
+def test_valid_metric_unknown_subset(tiny_path, no_splits):
     message = refused(tiny_path, r"'foo' is not a subset of tiny", valid_metric="foo/ndcg@10")
     for name in ("'drama'", "'other'", "'mean'", "'both'", "'drama.both'"):
         assert name in message
@@ -64,14 +84,14 @@ def test_valid_metric_unknown_subset(tiny_path, no_training):
 # ------------------------------------------------------------------ ranked pools
 
 
-def test_topk_larger_than_candidate_pool(tiny_path, no_training):
+def test_topk_larger_than_candidate_pool(tiny_path, no_splits):
     refused(
         tiny_path, r"topk \[1, 5, 10\] has \[10\] larger than the smallest ranked pool, 6 items",
         topk=[1, 5, 10], valid_metric="NDCG@5", eval_candidates={"num": 5},
     )
 
 
-def test_topk_larger_than_smallest_domain(tiny_path, no_training):
+def test_topk_larger_than_smallest_domain(tiny_path, no_splits):
     config = config_of(tiny_path)
     dataset = create_dataset(config)
     sizes = torch.bincount(dataset.item_domain[1:]).tolist()
@@ -83,7 +103,7 @@ def test_topk_larger_than_smallest_domain(tiny_path, no_training):
     assert f"[{smallest + 1}]" in message
 
 
-def test_candidates_larger_than_a_domain_fail_at_start(tiny_path, no_training):
+def test_candidates_larger_than_a_domain_fail_at_start(tiny_path, no_splits):
     config = config_of(tiny_path)
     sizes = torch.bincount(create_dataset(config).item_domain[1:]).tolist()
     refused(
@@ -118,7 +138,7 @@ def test_bpr_gets_default_negatives_and_trains(tiny_path, caplog):
 
 
 @pytest.mark.parametrize("epochs", [0, -3])
-def test_epochs_must_be_positive(tiny_path, no_training, epochs):
+def test_epochs_must_be_positive(tiny_path, no_data, epochs):
     refused(tiny_path, rf"epochs must be a positive int, got {epochs}; set --epochs=N",
             epochs=epochs)
 
@@ -135,7 +155,7 @@ def test_stage_budgets_are_logged(tiny_path, caplog):
     ("SeeDRec", "dm_epochs", 0), ("SeeDRec", "pretrain_epochs", -1),
     ("LLMCDSR", "pretrain_epochs", 0), ("I2VAE", "psg_epochs", 2.5),
 ])
-def test_stage_budgets_are_checked_before_any_stage(tiny_path, no_training, model, key, value):
+def test_stage_budgets_are_checked_before_any_stage(tiny_path, no_data, model, key, value):
     refused(tiny_path, rf"{model}: {key} \(.*\) must be an int >= \d, got {value}; set it in "
             rf"{model}.yaml or --{key}=", model=model, **{key: value})
 
@@ -143,7 +163,7 @@ def test_stage_budgets_are_checked_before_any_stage(tiny_path, no_training, mode
 # ------------------------------------------------------------------ evaluation settings
 
 
-def test_conflicting_evaluation_settings(tiny_path, no_training):
+def test_conflicting_evaluation_settings(tiny_path, no_data):
     refused(tiny_path, r"domain_mask: False contradicts .* pool: 'domain'",
             domain_mask=False, eval_candidates={"num": 9})
     refused(tiny_path, r"domain_mask: True contradicts .* pool: 'all'",
@@ -186,7 +206,7 @@ def test_gpu_id_without_gpu_is_logged(tiny_path, caplog):
 # ------------------------------------------------------------------ files
 
 
-def test_unwritable_result_file_fails_before_training(tiny_path, tmp_path, no_training):
+def test_unwritable_result_file_fails_before_training(tiny_path, tmp_path, no_data):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("")
     refused(tiny_path, r"result_file=.*not_a_folder/r.json.*cannot write",
