@@ -95,3 +95,61 @@ def test_stamp_without_file_checksums_is_rebuilt(converted):
     (folder / STAMP).write_text(json.dumps(meta))
     prepare_dataset(NAME, root)
     assert "files" in json.loads((folder / STAMP).read_text())
+
+
+# ------------------------------------------------------------------ derived caches
+def unwritable(tmp_path):
+    """A folder nobody can create files in: its parent is a regular file (chmod would not
+    stop root, which runs these tests on CI)."""
+    (tmp_path / "plain_file").write_text("")
+    return tmp_path / "plain_file" / "cache"
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    from recbole_cdsr.data.atomic import write_atomically
+
+    path = tmp_path / "emb-1.npy"
+    path.write_text("old")
+
+    def half_then_crash(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, half_then_crash)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["emb-1.npy"]
+
+
+def test_i2vae_checks_its_cache_folder_before_lightgcn_trains(tiny_path, tmp_path, monkeypatch):
+    from recbole_cdsr.config import Config
+    from recbole_cdsr.model.sequential_recommender import i2vae_psg
+    from recbole_cdsr.utils import create_dataset, data_preparation
+
+    from conftest import tiny_config
+
+    small = dict(hidden_size=8, latent_size=4, history_length=3, psg_embedding_size=8,
+                 psg_epochs=1, n_layers=1, transfer_n_heads=2, scorer_hidden_size=4)
+    config = Config("I2VAE", "tiny", config_dict=tiny_config(tiny_path, **small))
+    splits = [loader._dataset for loader in data_preparation(config, create_dataset(config))]
+
+    def lightgcn(*args, **kwargs):
+        raise AssertionError("LightGCN trained although its result cannot be saved")
+
+    monkeypatch.setattr(i2vae_psg, "_train_lightgcn", lightgcn)
+    config["psg_seed"] = 11  # not cached yet
+    config["data_path"] = str(unwritable(tmp_path))
+    with pytest.raises(PermissionError, match=r"I2VAE's pseudo-sequence cache is written to .*plain_file/cache, which is not writable"):
+        i2vae_psg.pseudo_sequences(splits, config)
+
+
+def test_llmcdsr_checks_its_cache_folder_before_encoding(tmp_path):
+    from recbole_cdsr.model.sequential_recommender.llmcdsr_stages import encode_cached
+
+    class Encoder:
+        id, dim = "fake", 4
+
+        def encode(self, texts):
+            raise AssertionError("encoded although the embeddings cannot be saved")
+
+    with pytest.raises(PermissionError, match="LLMCDSR's text-embedding cache"):
+        encode_cached(Encoder(), ["a title"], unwritable(tmp_path))

@@ -12,10 +12,12 @@ from __future__ import annotations
 import codecs
 import csv
 import logging
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -258,3 +260,35 @@ def check_no_padding(path: Path, field: str, fmt: AtomicFormat = TAB) -> None:
                 f"is named '0': padding would become a real item. Write only the real "
                 f"items, oldest first, without padding"
             )
+
+
+def require_writable(folder: Path, purpose: str) -> None:
+    """Fails fast, before an expensive stage, when ``folder`` cannot take a new file.
+
+    Raises:
+        PermissionError: naming the folder, the purpose and the fix.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise PermissionError(
+            f"{purpose} is written to {folder}, which is not writable ({err}); make it "
+            f"writable, or copy the dataset to a writable --data_path"
+        ) from err
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """Calls ``write(tmp)`` on a private temporary file beside ``path`` (same suffix),
+    then renames it onto ``path``, so readers see the old file or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -43,6 +42,8 @@ import scipy.sparse as sp
 import torch
 from recbole.data.interaction import Interaction
 from recbole.model.general_recommender import LightGCN
+
+from recbole_cdsr.data.atomic import require_writable, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ def pseudo_sequences(splits: list, config) -> tuple[torch.Tensor, bool]:
     if path.is_file():
         logger.info("I2VAE PSG: reading cached pseudo-sequences %s", path)
         return _read(path, train, config["history_length"]), True
+    # Fail now, not after LightGCN has trained, when the cache cannot be written.
+    require_writable(path.parent, "I2VAE's pseudo-sequence cache")
     start = time.time()
     table, stats = _compute(splits, config)
     stats["seconds"] = round(time.time() - start, 2)
@@ -313,11 +316,10 @@ def _write(path: Path, table: torch.Tensor, dataset, config, stats: dict) -> Non
     for domain, name in enumerate(("psg_x", "psg_y")):
         ids = table[1:, domain].numpy()
         columns[f"{name}:token_seq"] = [" ".join(tokens[row[row > 0]]) for row in ids]
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    pd.DataFrame(columns).to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: pd.DataFrame(columns).to_csv(tmp, sep="\t", index=False))
     meta = {"settings": {k: config[k] for k in PSG_KEYS}, "stats": stats}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=str))
+    text = json.dumps(meta, indent=1, default=str)
+    write_atomically(path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
 
 
 def _read(path: Path, dataset, k: int) -> torch.Tensor:

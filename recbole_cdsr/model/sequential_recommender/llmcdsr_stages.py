@@ -55,6 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.layers import TransformerEncoder
 
+from recbole_cdsr.data.atomic import require_writable, write_atomically
 from recbole_cdsr.utils import check_choice
 
 logger = logging.getLogger(__name__)
@@ -328,12 +329,12 @@ def encode_cached(encoder, texts: list[str], cache_dir: Path,
     """``encoder.encode(texts)`` [n, d_t], cached in ``cache_dir/emb-<sha>.npy`` where the
     key is (encoder id, sorted distinct texts), so order and duplicates do not matter.
     Texts in ``known`` (text -> vector of the same encoder) are not encoded again."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
     unique, inverse = np.unique(np.asarray(list(texts), dtype=str), return_inverse=True)
     path = cache_dir / f"emb-{_digest(encoder.id, *unique)}.npy"
     if path.is_file():
         logger.info("LLMCDSR: text embeddings from cache %s", path)
         return np.load(path)[inverse]
+    require_writable(cache_dir, "LLMCDSR's text-embedding cache")  # before encoding
     known = known or {}
     emb = np.zeros((len(unique), encoder.dim), np.float32)
     todo = [i for i, t in enumerate(unique) if t not in known]
@@ -342,9 +343,7 @@ def encode_cached(encoder, texts: list[str], cache_dir: Path,
             emb[i] = known[t]
     if todo:
         emb[todo] = encoder.encode([str(unique[i]) for i in todo])
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, emb)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: np.save(tmp, emb))
     logger.info("LLMCDSR: encoded %d texts (%d distinct, %d new) with %s -> %s",
                 len(texts), len(unique), len(todo), encoder.id, path)
     return emb[inverse]
@@ -459,7 +458,8 @@ def run_generation(generator, requests: list[Request], raw_path: Path, view: Tra
     todo = [r for r in requests if str(view.user_tokens[r.user]) not in done]
     logger.info("LLMCDSR generate (%s): %d requests, %d already in %s",
                 generator.id, len(requests), len(requests) - len(todo), raw_path)
-    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    if todo:
+        require_writable(raw_path.parent, "LLMCDSR's generation output")  # before the LLM runs
     for start in range(0, len(todo), chunk):
         batch = todo[start : start + chunk]
         answers = generator.generate(batch)
@@ -480,9 +480,8 @@ def run_parse(raw_records: list[dict], out_path: Path, min_titles: int) -> list[
         if titles:
             parsed.append({"user_id": rec["user_id"], "src_domain": rec["src_domain"],
                            "titles": titles, "generator": rec["generator"]})
-    tmp = out_path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in parsed), encoding="utf-8")
-    tmp.replace(out_path)
+    text = "".join(json.dumps(r) + "\n" for r in parsed)
+    write_atomically(out_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     logger.info("LLMCDSR parse: %d of %d users kept (>= %d titles) -> %s",
                 len(parsed), len(raw_records), min_titles, out_path)
     return parsed
@@ -771,9 +770,9 @@ def prepare_artefacts(
                 pretrained.append(torch.load(path, map_location="cpu", weights_only=True))
                 continue
             need(path, "pre-trained projection")
+            require_writable(cdir, "LLMCDSR's pre-trained projections")  # before training
             out = pretrain_domain(view, d, item_emb, config, device)
-            cdir.mkdir(parents=True, exist_ok=True)
-            torch.save(out, path)
+            write_atomically(path, lambda tmp: torch.save(out, tmp))
             pretrained.append(out)
     return Artefacts(view, np.asarray(rows, dtype=np.int64), np.asarray(src, dtype=np.int64),
                      offsets, record_emb, pretrained,
