@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from recbole.evaluator.register import metrics_dict
-from recbole.utils import ModelType
+from recbole.utils import InputType, ModelType
 
 logger = logging.getLogger(__name__)
 
@@ -121,18 +121,20 @@ def check_stage_budgets(config) -> None:
 
 
 def check_train_negatives(config) -> None:
-    """``loss_type: BPR`` needs a sampled negative per row (``neg_item_id``). Our
-    overall.yaml turns RecBole's default negatives off for CE; a BPR run without its
-    own ``train_neg_sample_args`` gets RecBole's default back, with a log line."""
-    if config["loss_type"] != "BPR" or config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+    """A pairwise model (``loss_type: BPR``, or a model whose ``input_type`` is PAIRWISE)
+    needs a sampled negative per row (``neg_item_id``). Our overall.yaml turns RecBole's
+    default negatives off for CE; such a run without its own ``train_neg_sample_args``
+    gets RecBole's default back, with a log line."""
+    if config["MODEL_INPUT_TYPE"] != InputType.PAIRWISE:
         return
     args = config["train_neg_sample_args"] or {}
     if args.get("distribution", "none") not in (None, "none"):
         return
     config["train_neg_sample_args"] = dict(DEFAULT_TRAIN_NEGATIVES)
+    why = "loss_type BPR" if config["loss_type"] == "BPR" else f"{config['model']} (pairwise)"
     logger.info(
-        "loss_type BPR without train_neg_sample_args: using RecBole's default %s "
-        "(set train_neg_sample_args to change it)", DEFAULT_TRAIN_NEGATIVES,
+        "%s without train_neg_sample_args: using RecBole's default %s (set "
+        "train_neg_sample_args to change it)", why, DEFAULT_TRAIN_NEGATIVES,
     )
 
 

@@ -137,6 +137,19 @@ def test_bpr_gets_default_negatives_and_trains(tiny_path, caplog):
     assert "loss_type BPR without train_neg_sample_args" in caplog.text
 
 
+def test_pairwise_model_without_negatives_gets_the_default(tiny_path, caplog):
+    caplog.set_level(logging.INFO, logger="recbole_cdsr.checks")
+    config = config_of(tiny_path, "SeeDRec", train_neg_sample_args=None)
+    assert config["train_neg_sample_args"]["distribution"] == "none"
+    check_config(config)
+    assert config["train_neg_sample_args"]["distribution"] == "uniform"
+    assert "SeeDRec (pairwise) without train_neg_sample_args" in caplog.text
+    # CE models keep sampling nothing (RecBole requires it)
+    config = config_of(tiny_path)
+    check_config(config)
+    assert config["train_neg_sample_args"]["distribution"] == "none"
+
+
 @pytest.mark.parametrize("epochs", [0, -3])
 def test_epochs_must_be_positive(tiny_path, no_data, epochs):
     refused(tiny_path, rf"epochs must be a positive int, got {epochs}; set --epochs=N",
