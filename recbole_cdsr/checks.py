@@ -190,9 +190,16 @@ def metric_keys(config) -> list[str]:
 
 
 def check_valid_metric_name(config) -> None:
-    """The metric part of ``valid_metric`` (after any ``subset/``) must be computed."""
-    valid = str(config["valid_metric"]).lower()
-    metric = valid.rpartition("/")[2]
+    """The metric part of ``valid_metric`` (after any ``subset/``) must be computed; so
+    must LLMCDSR's ``domain_select_metric`` when ``per_domain_selection`` is on."""
+    _check_metric_key(config, "valid_metric")
+    if config["per_domain_selection"]:
+        _check_metric_key(config, "domain_select_metric")
+
+
+def _check_metric_key(config, key: str) -> None:
+    value = config[key]
+    metric = str(value).lower().rpartition("/")[2]
     keys = metric_keys(config)
     if metric in keys:
         return
@@ -200,14 +207,14 @@ def check_valid_metric_name(config) -> None:
     if name not in {m.lower() for m in config["metrics"]}:
         fix = f"add {name} to metrics (--metrics=...) or choose one of these"
     elif k.isdigit():
-        fix = f"add {k} to topk (--topk=\"{sorted({*config['topk'], int(k)})}\") or choose one of these"
+        topk = sorted({*config["topk"], int(k)})
+        fix = f"add {k} to topk (--topk=\"{topk}\") or choose one of these"
     else:
         fix = "choose one of these"
     close = difflib.get_close_matches(metric, keys, n=1)
     raise ConfigCheckError(
-        f"valid_metric {config['valid_metric']!r} is not computed: {fix}: {keys} "
-        f"(metrics {config['metrics']} x topk {config['topk']})"
-        f"{f'; did you mean {close[0]!r}?' if close else ''}"
+        f"{key} {value!r} is not computed: {fix}: {keys} (metrics {config['metrics']} x "
+        f"topk {config['topk']}){f'; did you mean {close[0]!r}?' if close else ''}"
     )
 
 

@@ -74,6 +74,11 @@ def test_valid_metric_cutoff_missing_from_topk(tiny_path, no_data):
     assert "add 12 to topk" in message and "[1, 5, 10, 12, 20]" in message
 
 
+def test_llmcdsr_domain_select_metric_is_checked(tiny_path, no_data):
+    refused(tiny_path, r"domain_select_metric 'hit@50' is not computed: add 50 to topk",
+            model="LLMCDSR", per_domain_selection=True, domain_select_metric="hit@50")
+
+
 def test_valid_metric_unknown_subset(tiny_path, no_splits):
     message = refused(tiny_path, r"'foo' is not a subset of tiny", valid_metric="foo/ndcg@10")
     for name in ("'drama'", "'other'", "'mean'", "'both'", "'drama.both'"):
