@@ -167,7 +167,8 @@ def check_eval_settings(config) -> None:
         return
     pool = candidates.get("pool", "domain") if isinstance(candidates, dict) else None
     mask = config["domain_mask"]
-    if _user_set(config, "domain_mask") and pool in ("domain", "all") and mask != (pool == "domain"):
+    contradicts = pool in ("domain", "all") and mask != (pool == "domain")
+    if contradicts and _user_set(config, "domain_mask"):
         raise ConfigCheckError(
             f"domain_mask: {mask} contradicts eval_candidates pool: {pool!r} (with "
             f"eval_candidates the pool decides which items are ranked). Use pool: "
@@ -249,7 +250,8 @@ def check_writable(config, saved: bool = True) -> None:
     """Creates and probe-writes the folders of ``result_file`` and ``checkpoint_dir``, so a
     read-only path fails now, not after training."""
     if saved:
-        _probe_folder(Path(config["checkpoint_dir"]), f"checkpoint_dir={config['checkpoint_dir']!r}")
+        folder = config["checkpoint_dir"]
+        _probe_folder(Path(folder), f"checkpoint_dir={folder!r}")
     result_file = config["result_file"]
     if result_file and config["local_rank"] == 0:
         path = Path(result_file)

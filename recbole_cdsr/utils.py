@@ -97,7 +97,8 @@ def get_model(name: str) -> type:
     same = [n for n in dir(module or object) if n.lower() == name.lower()]
     by_lower = {n.lower(): n for n in ours + theirs}
     near = same or [by_lower[m] for m in difflib.get_close_matches(name.lower(), by_lower, n=3)]
-    hint = f" Did you mean {' or '.join(map(repr, near))}? (names are case-sensitive)" if near else ""
+    hint = f" Did you mean {' or '.join(map(repr, near))}? (names are case-sensitive)"
+    hint = hint if near else ""
     raise ValueError(
         f"unknown model {name!r}.{hint} recbole_cdsr models: {ours}; RecBole "
         f"sequential models: {theirs} (and RecBole's other families); pass --model=NAME"

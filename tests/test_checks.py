@@ -195,7 +195,9 @@ def test_conflicting_evaluation_settings(tiny_path, no_data):
 # ------------------------------------------------------------------ model name, device
 
 
-@pytest.mark.parametrize("name, near", [("I2Vae", "I2VAE"), ("sasrec", "SASRec"), ("SASRek", "SASRec")])
+@pytest.mark.parametrize(
+    "name, near", [("I2Vae", "I2VAE"), ("sasrec", "SASRec"), ("SASRek", "SASRec")]
+)
 def test_wrong_model_name_suggests_the_near_match(name, near):
     with pytest.raises(ValueError, match=rf"unknown model '{name}'. Did you mean '{near}'"):
         get_model(name)
