@@ -73,6 +73,10 @@ def run_recbole_cdsr(
         ``{"model", "dataset", "config", "valid", "test", "time", "valid_curve",
         "best_valid_score", "valid_score_bigger"}``; ``valid``/``test`` are nested as
         ``{"all": {...}, "<domain>": {...}, "<group>": {...}}`` (see results_to_nested).
+        With ``result_file`` set, the same dict is written as strict JSON (write_result).
+
+    Raises:
+        recbole_cdsr.checks.ConfigCheckError: a setting refused before the first batch.
     """
     config = Config(model, dataset, config_file_list, config_dict)
     # start-of-run checks: before any data is read (they may add BPR's negatives), on the
