@@ -5,9 +5,11 @@
         [--any_config_key=value ...]
     python run_recbole_cdsr.py --model=SASRec --tune=hyperopt|ray --params_file=F --max_evals=N
         [--algo=exhaustive|random|bayes] [--tune_result=PATH.csv]
-        [--cpus_per_trial=1 --gpus_per_trial=0.5 --ray_address=HOST:PORT]
+        [--cpus_per_trial=1 --gpus_per_trial=0.5 --ray_address=HOST:PORT --ray_dashboard]
 
-Any other ``--key=value`` is a config key (RecBole's command-line convention).
+Any other ``--key=value`` is a config key (RecBole's command-line convention); its value
+is read as a Python literal (number, bool, None, list, dict, quoted string) or else kept
+as a string, never evaluated (recbole_cdsr.literal.parse_literal).
 """
 
 import argparse
@@ -39,12 +41,19 @@ def parse_args():
     tune.add_argument("--cpus_per_trial", type=float, default=1, help="ray: CPUs per trial")
     tune.add_argument("--gpus_per_trial", type=float, default=0, help="ray: GPU fraction per trial")
     tune.add_argument("--ray_address", default=None, help="ray: join this cluster")
+    tune.add_argument("--ray_dashboard", action="store_true",
+                      help="ray: start the dashboard of the private cluster (127.0.0.1)")
     args, rest = parser.parse_known_args()  # the rest are config keys, read by Config
     return parser, args, rest
 
 
 def cli_config(rest: list[str]) -> dict:
-    """``--key=value`` pairs left after our flags, typed like RecBole's command line."""
+    """``--key=value`` pairs left after our flags, values kept as the strings typed.
+
+    Config reads each string once, as RecBole reads its command line but literals only
+    (recbole_cdsr.literal.parse_literal): never evaluated. Parsing here too would read a
+    quoted value twice (``--x="'[1]'"`` must stay the string ``[1]``).
+    """
     out = {}
     for arg in rest:
         if arg.startswith("--") and "=" in arg:
@@ -74,7 +83,8 @@ def main() -> None:
             args.model, args.dataset, args.tune, args.params_file, args.max_evals, args.algo,
             config_files, base_config, args.tune_result,
             **({"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-                "ray_address": args.ray_address} if args.tune == "ray" else {}),
+                "ray_address": args.ray_address, "ray_dashboard": args.ray_dashboard}
+               if args.tune == "ray" else {}),
         )
         logging.getLogger(__name__).info(
             "best trial %s: valid %.4f, test %s; tables %s", out["best"]["params"],

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from recbole_cdsr.literal import format_literal
+
 REPO = Path(__file__).resolve().parents[1]
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec")
 
@@ -71,8 +73,11 @@ def cell_command(grid: dict, cell: dict, result_file: Path) -> list[str]:
     if files:
         cmd.append(f"--config_files={' '.join(files)}")
     for key, value in config.items():
-        text = json.dumps(value) if isinstance(value, (dict, list, bool)) or value is None else str(value)
-        text = {"true": "True", "false": "False", "null": "None"}.get(text, text)
+        # The text the run's Config reads back as exactly this value (literals only).
+        try:
+            text = format_literal(value)
+        except ValueError as err:
+            raise ValueError(f"grid cell {cell['id']}: config key {key!r}: {err}") from None
         cmd.append(f"--{key}={text}")
     return cmd
 

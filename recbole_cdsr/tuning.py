@@ -159,8 +159,47 @@ def _ray_trainable(params, model=None, dataset=None, config_file_list=None, base
     train_trial(model, dataset, config_file_list, params, base, report=report)
 
 
+def start_local_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Starts a private ray cluster whose every listening socket is on 127.0.0.1.
+
+    ray 2.6.3 turns ``_node_ip_address="127.0.0.1"`` into the machine's outward address
+    (``services.resolve_ip_for_localhost`` asks ``get_node_ip_address``), and gcs_server,
+    raylet, the dashboard agent and every worker then listen on all interfaces, without
+    authentication. ``get_node_ip_address`` answers 127.0.0.1 when
+    ``ray_constants.ENABLE_RAY_CLUSTER`` is False (what ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+    sets at import), and with a loopback node address those processes bind 127.0.0.1
+    only. The constant is set only while the cluster starts, then restored.
+
+    Args:
+        num_cpus: CPUs the cluster offers (default: all).
+        dashboard: also start ray's dashboard (on 127.0.0.1:8265); off by default.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        context = ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=dashboard,
+                           dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                           log_to_driver=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
+    address = context.address_info["gcs_address"]
+    if not address.startswith("127.0.0.1:"):
+        ray.shutdown()
+        raise RuntimeError(
+            f"ray started its cluster on {address}, not on 127.0.0.1: this ray version "
+            "does not honour the loopback setting (tested with ray 2.6.3); refusing to "
+            "run an unauthenticated cluster on the network. Start one yourself and pass "
+            "--ray_address=HOST:PORT"
+        )
+    logger.info("ray: private local cluster on %s (loopback only)", address)
+
+
 def run_ray(model, dataset, config_file_list, base_config, params_file, max_evals, algo,
-            cpus_per_trial=1, gpus_per_trial=0.0, ray_address=None, local_dir=None, max_epochs=None):
+            cpus_per_trial=1, gpus_per_trial=0.0, ray_address=None, local_dir=None,
+            max_epochs=None, ray_dashboard=False):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -168,11 +207,10 @@ def run_ray(model, dataset, config_file_list, base_config, params_file, max_eval
     space = _ray_space(read_params_file(params_file), algo)
     bigger = _valid_bigger(model, dataset, config_file_list, base_config)
     if not ray.is_initialized():
-        if ray_address:
+        if ray_address:  # an existing cluster (`ray start --head`): its own binding
             ray.init(address=ray_address)
-        else:  # a private local cluster bound to loopback
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", log_to_driver=False)
+        else:
+            start_local_ray(dashboard=ray_dashboard)
     search_alg = None
     if algo == "bayes":
         from ray.tune.search.hyperopt import HyperOptSearch

