@@ -12,7 +12,8 @@ from recbole_cdsr.data.sources import RawSource, sha256_of
 NAME = "ml100k_tiny"
 
 
-def _convert_in_child(root, barrier, queue):
+def _convert_in_child(root, log_file, barrier, queue):
+    logging.basicConfig(filename=log_file, level=logging.INFO)
     barrier.wait()  # both processes start converting at the same moment
     queue.put(prepare_dataset(NAME, root))
 
@@ -20,7 +21,8 @@ def _convert_in_child(root, barrier, queue):
 def test_two_processes_converting_at_once_leave_one_valid_folder(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_convert_in_child, args=(tmp_path, barrier, queue)) for _ in range(2)]
+    root, logs = tmp_path / "data", [tmp_path / f"child{i}.log" for i in range(2)]
+    procs = [ctx.Process(target=_convert_in_child, args=(root, log, barrier, queue)) for log in logs]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]
@@ -28,12 +30,14 @@ def test_two_processes_converting_at_once_leave_one_valid_folder(tmp_path):
         p.join(timeout=60)
         assert p.exitcode == 0
     assert results[0] == results[1]
-    folder = tmp_path / NAME
+    converted = sum(log.read_text().count(f"converting dataset {NAME}") for log in logs)
+    assert converted == 1  # the second process waited for the lock, then used the cache
+    folder = root / NAME
     meta = json.loads((folder / STAMP).read_text())
     for rel, entry in meta["files"].items():
         assert sha256_of(folder / rel) == entry["sha256"]
     assert (folder / f"{NAME}.inter").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{NAME}.lock", NAME]
+    assert sorted(p.name for p in root.iterdir()) == [f".{NAME}.lock", NAME]
 
 
 @pytest.fixture
