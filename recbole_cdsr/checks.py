@@ -121,11 +121,13 @@ def check_stage_budgets(config) -> None:
 
 
 def check_train_negatives(config) -> None:
-    """A pairwise model (``loss_type: BPR``, or a model whose ``input_type`` is PAIRWISE)
-    needs a sampled negative per row (``neg_item_id``). Our overall.yaml turns RecBole's
-    default negatives off for CE; such a run without its own ``train_neg_sample_args``
-    gets RecBole's default back, with a log line."""
-    if config["MODEL_INPUT_TYPE"] != InputType.PAIRWISE:
+    """A pairwise model (``loss_type: BPR``, or a PAIRWISE ``input_type`` without a
+    ``loss_type``, such as RecBole's BPR) needs a sampled negative per row
+    (``neg_item_id``). Our overall.yaml turns RecBole's default negatives off for CE; such
+    a run without its own ``train_neg_sample_args`` gets RecBole's default back, with a
+    log line. Models with other loss types check their own needs."""
+    pairwise = config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE and config["loss_type"] is None
+    if config["loss_type"] != "BPR" and not pairwise:
         return
     args = config["train_neg_sample_args"] or {}
     if args.get("distribution", "none") not in (None, "none"):

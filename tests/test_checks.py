@@ -144,11 +144,11 @@ def test_bpr_gets_default_negatives_and_trains(tiny_path, caplog):
 
 def test_pairwise_model_without_negatives_gets_the_default(tiny_path, caplog):
     caplog.set_level(logging.INFO, logger="recbole_cdsr.checks")
-    config = config_of(tiny_path, "SeeDRec", train_neg_sample_args=None)
+    config = config_of(tiny_path, "BPR")  # RecBole's general BPR model: pairwise, no loss_type
     assert config["train_neg_sample_args"]["distribution"] == "none"
     check_config(config)
     assert config["train_neg_sample_args"]["distribution"] == "uniform"
-    assert "SeeDRec (pairwise) without train_neg_sample_args" in caplog.text
+    assert "BPR (pairwise) without train_neg_sample_args" in caplog.text
     # CE models keep sampling nothing (RecBole requires it)
     config = config_of(tiny_path)
     check_config(config)
