@@ -240,12 +240,18 @@ def load_data_and_model(model_file: str | Path, trust_checkpoint: bool = False):
             checkpoint = torch.load(model_file, map_location="cpu",
                                     weights_only=not trust_checkpoint)
         except pickle.UnpicklingError as err:
+            lines = [l.strip() for l in str(err).splitlines() if l.strip()]
+            reason = next((l for l in lines if "Unsupported" in l), lines[0] if lines else "")
+            reason = reason.split(" Please use")[0]  # torch's advice would allow-list it
+            old_torch = "" if hasattr(torch.serialization, "safe_globals") else (
+                f" torch {torch.__version__} has no torch.serialization.safe_globals, so "
+                "the allow-list cannot be applied: use torch >= 2.5.")
             raise pickle.UnpicklingError(
                 f"{model_file}: refused by the weights-only loader (it names something "
-                f"outside recbole_cdsr's allow-list): {str(err).splitlines()[-1]} "
-                "If you wrote this file yourself (e.g. with an older recbole_cdsr) and "
-                "trust it, pass load_data_and_model(path, trust_checkpoint=True), which "
-                "runs the pickle's code."
+                f"outside recbole_cdsr's allow-list): {reason}"
+                f"{old_torch} If you wrote this file yourself (e.g. with an older "
+                "recbole_cdsr) and trust it, pass load_data_and_model(path, "
+                "trust_checkpoint=True), which runs the pickle's code."
             ) from err
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, Config):
