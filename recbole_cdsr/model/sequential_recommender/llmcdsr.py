@@ -16,9 +16,11 @@ Differences from the official code:
    SASRec (``loss_type: CE``) or SASRec with one domain-aware BCE negative (``BCE``).
 2. Main rows are RecBole's prefix rows (last position only, 351,104 rows on food_kitchen),
    not 128 user sequences with all-position loss; augmented and meta rows keep the
-   all-position loss. Hence the defaults ``aug_batch_size: 5``, ``meta_interval: 7``
-   (spec 7.3 batch-ratio caveat), and the shadow loss is L_rows + aug_weight * L_aug
-   (two means) instead of one mean over the concatenation.
+   all-position loss. Hence the defaults ``aug_batch_size: 5`` per batch and a meta step
+   every ``meta_interval: 7`` x ``meta_interval_unit: 128`` rows (spec 7.3 batch-ratio
+   caveat; counted in rows so that a larger batch keeps the meta-step count). The main
+   and shadow losses are one mean over real and generated positions as in the official
+   code (``aug_loss_form: mean``); ``weighted`` gives mean + aug_weight * mean.
 3. Augmentation records are drawn uniformly at random per batch (global torch RNG), not
    from a separately shuffled loader.
 4. The virtual step uses ``torch.func.functional_call`` (no ``higher``, no deepcopy).
@@ -52,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 LOSS_TYPES = ("BCE", "CE")
 INNER_OPTIMIZERS = ("adam_fresh", "sgd")
+AUG_LOSS_FORMS = ("mean", "weighted")
 POOLER_INITS = ("zero", "xavier")
 RECALL_BACKENDS = ("torch", "faiss")
 
@@ -113,6 +116,7 @@ class LLMCDSR(SASRec):
         self.recall_k = config["recall_k"]
         self.aug_batch_size = config["aug_batch_size"]
         self.aug_weight = config["aug_weight"]
+        self.aug_loss_form = check_choice(config, "aug_loss_form", AUG_LOSS_FORMS, "LLMCDSR")
         self.meta_batch_size = config["meta_batch_size"]
         self.shadow_lr = config["shadow_lr"]
         self.shadow_eps = config["shadow_eps"]
@@ -322,26 +326,32 @@ class LLMCDSR(SASRec):
 
     # ------------------------------------------------------------------ losses
     def _scores_loss(self, hidden, targets, negs, params) -> torch.Tensor:
-        """BCE with one negative (two separate means, official) or CE over all items;
-        positions with target 0 are ignored. hidden [P, H], targets/negs [P]."""
+        """Per-position loss [P]: BCE with one negative, softplus(-s+) + softplus(s-)
+        (its mean is the official sum of two means), or CE over all items.
+        hidden [P, H], targets/negs [P]."""
         weight = self._item_weight(params)
         if self.loss_type == "CE":
-            return F.cross_entropy(hidden @ weight.t(), targets)
+            return F.cross_entropy(hidden @ weight.t(), targets, reduction="none")
         pos = (hidden * F.embedding(targets, weight)).sum(-1)
         neg = (hidden * F.embedding(negs, weight)).sum(-1)
-        return F.softplus(-pos).mean() + F.softplus(neg).mean()
+        return F.softplus(-pos) + F.softplus(neg)
 
-    def rows_loss(self, interaction, params=None, negs=None) -> torch.Tensor:
-        """Loss of RecBole's rows (history -> target) at the last position."""
+    def rows_loss(self, interaction, params=None, negs=None, reduce=True) -> torch.Tensor:
+        """Loss of RecBole's rows (history -> target) at the last position: the mean, or
+        the per-row vector [B] when ``reduce`` is False."""
         seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         target = interaction[self.POS_ITEM_ID]
         if negs is None and self.loss_type == "BCE":
             negs = self.negatives(target, torch.cat([seq, target.unsqueeze(1)], 1))
         hidden = self._encode(params, seq, seq_len)
-        return self._scores_loss(hidden, target, negs, params)
+        loss = self._scores_loss(hidden, target, negs, params)
+        return loss.mean() if reduce else loss
 
-    def seq_loss(self, x, x_len, y, negs=None, exclude=None, params=None, input_emb=None):
-        """All-position loss of sequences x [B, L] with targets y [B, L] (0 = ignored)."""
+    def seq_loss(self, x, x_len, y, negs=None, exclude=None, params=None, input_emb=None,
+                 reduce=True):
+        """All-position loss of sequences x [B, L] with targets y [B, L] (0 = ignored):
+        the mean (0 when no position has a target), or the vector [P] of the P positions
+        with a target when ``reduce`` is False."""
         if negs is None and self.loss_type == "BCE":
             negs = self.negatives(y, exclude)
         hidden = self._encode(
@@ -349,20 +359,37 @@ class LLMCDSR(SASRec):
         )
         valid = y > 0
         if not valid.any():
-            return hidden.sum() * 0.0
+            empty = hidden.sum() * 0.0
+            return empty if reduce else empty.view(1)[:0]
         negs = None if negs is None else negs[valid]
-        return self._scores_loss(hidden[valid], y[valid], negs, params)
+        loss = self._scores_loss(hidden[valid], y[valid], negs, params)
+        return loss.mean() if reduce else loss
 
-    def aug_loss(self, aug: AugBatch, negs=None, params=None, input_emb=None):
-        return self.seq_loss(aug.x, aug.x_len, aug.y, negs, aug.seq, params, input_emb)
+    def aug_loss(self, aug: AugBatch, negs=None, params=None, input_emb=None, reduce=True):
+        return self.seq_loss(aug.x, aug.x_len, aug.y, negs, aug.seq, params, input_emb, reduce)
+
+    def combine(self, rows: torch.Tensor, aug: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real part, generated part) of the loss from per-position losses rows [B], aug [P].
+
+        ``aug_loss_form: mean`` (official): one mean over real and generated positions,
+        the generated ones weighted by ``aug_weight``: (sum rows + w sum aug) / (B + P), so
+        the generated share follows the position counts. ``weighted``: mean(rows) +
+        w mean(aug), a fixed share w / (1 + w) whatever the counts.
+        """
+        if self.aug_loss_form == "mean":
+            n = rows.numel() + aug.numel()
+            return rows.sum() / n, self.aug_weight * aug.sum() / n
+        aug_part = aug.mean() if aug.numel() else aug.sum()
+        return rows.mean(), self.aug_weight * aug_part
 
     def calculate_loss(self, interaction):
-        rec_loss = self.rows_loss(interaction)
         if self.n_records == 0 or self.aug_batch_size == 0 or self.aug_weight == 0:
+            rec_loss = self.rows_loss(interaction)
             return rec_loss, rec_loss.new_zeros(())
+        rows = self.rows_loss(interaction, reduce=False)
         with torch.no_grad():
             aug = self.augment(self.sample_records(self.aug_batch_size))
-        return rec_loss, self.aug_weight * self.aug_loss(aug)
+        return self.combine(rows, self.aug_loss(aug, reduce=False))
 
     # ------------------------------------------------------------------ meta step
     def straight_through(self, aug: AugBatch, weight: torch.Tensor) -> torch.Tensor:
@@ -414,8 +441,10 @@ class LLMCDSR(SASRec):
         """L_meta(theta'(noisy)): shadow loss on [rows ; augmented rows with inputs
         ``noisy``], one virtual step, then the all-position loss of the meta users."""
         params = {n: p for n, p in self.named_parameters() if not n.startswith("pooler.")}
-        shadow = self.rows_loss(interaction, params, inputs["rows_negs"]) + self.aug_weight * \
-            self.aug_loss(inputs["aug"], inputs["aug_negs"], params, input_emb=noisy)
+        shadow = sum(self.combine(
+            self.rows_loss(interaction, params, inputs["rows_negs"], reduce=False),
+            self.aug_loss(inputs["aug"], inputs["aug_negs"], params, input_emb=noisy,
+                          reduce=False)))
         fast = self.virtual_step(params, shadow)
         meta_x, meta_len, meta_y = inputs["meta"]
         return self.seq_loss(meta_x, meta_len, meta_y, inputs["meta_negs"], params=fast)
@@ -435,8 +464,11 @@ class LLMCDSR(SASRec):
 
 
 class LLMCDSRTrainer(CDSRTrainer):
-    """Per batch: every ``meta_interval`` batches a meta step on phi (pooler), then the
-    RecBole step on ``calculate_loss`` with an optimiser over the backbone only.
+    """Per batch: the meta steps on phi (pooler) that are due, then the RecBole step on
+    ``calculate_loss`` with an optimiser over the backbone only. A meta step is due every
+    ``meta_interval * meta_interval_unit`` training rows (so the number of meta steps per
+    epoch does not depend on ``train_batch_size``); ``meta_interval_unit: ~`` counts
+    batches instead (a meta step every ``meta_interval`` batches, the former behaviour).
     ``per_domain_selection`` reports each domain's test metrics from that domain's best
     validation epoch (official protocol)."""
 
@@ -448,6 +480,13 @@ class LLMCDSRTrainer(CDSRTrainer):
             raise ValueError(
                 f"LLMCDSR: meta_interval must be an int >= 0 (0 = no meta step), "
                 f"got {self.meta_interval!r}")
+        self.meta_interval_unit = config["meta_interval_unit"]
+        if self.meta_interval_unit is not None and (
+                not isinstance(self.meta_interval_unit, int) or self.meta_interval_unit < 1):
+            raise ValueError(
+                f"LLMCDSR: meta_interval_unit must be a positive int (training rows per "
+                f"meta_interval count, e.g. 128) or ~ (count batches), "
+                f"got {self.meta_interval_unit!r}")
         self.meta_optimizer = torch.optim.Adam(
             model.meta_parameters(), lr=config["meta_learning_rate"], betas=self.adam_betas)
         self.per_domain_selection = config["per_domain_selection"]
@@ -473,13 +512,17 @@ class LLMCDSRTrainer(CDSRTrainer):
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         base = loss_func or self.model.calculate_loss
-        state = {"step": 0, "meta": []}
+        state = {"seen": 0, "due": 0, "meta": []}
         use_meta = self.meta_interval > 0 and self.model.meta_enabled
+        period = self.meta_interval * (self.meta_interval_unit or 1)
 
         def loss_with_meta(interaction):
-            if use_meta and state["step"] % self.meta_interval == 0:
+            # due steps: multiples of `period` in [seen, seen + size), size = rows or 1 batch
+            size = len(interaction) if self.meta_interval_unit else 1
+            state["seen"] += size
+            while use_meta and state["due"] < state["seen"]:
                 state["meta"].append(self.meta_step(interaction))
-            state["step"] += 1
+                state["due"] += period
             return base(interaction)
 
         total = super()._train_epoch(train_data, epoch_idx, loss_with_meta, show_progress)
