@@ -279,3 +279,13 @@ def test_hf_generator_pins_the_revision_and_runs_no_model_code(fake_hf):
         assert kwargs["local_files_only"] is False
     config = {"llm_generator": "hf", "llm_model": "org/some-llm", "llm_revision": "0123abc"}
     assert stages.generator_id(config) == "hf-some-llm_0123abc"
+
+
+def test_ordinary_pickling_and_copies_of_a_config_are_unchanged(tiny_path):
+    # Only checkpoints store the Config as plain data; a deepcopy or RecBole's dataset
+    # cache (plain pickle) gives back a working Config, never a sealed one.
+    import copy
+
+    config = Config("SASRec", "tiny", config_dict=tiny_config(tiny_path))
+    for clone in (copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
+        assert clone["epochs"] == config["epochs"] and clone.model_class is config.model_class
