@@ -2,7 +2,12 @@
 
 Precedence, lowest first: RecBole's internal yaml < recbole_cdsr ``properties/overall.yaml``
 < ``properties/model/<Model>.yaml`` < ``properties/dataset/<dataset>.yaml`` < config files
-< config dict < command line.
+< config dict < command line. Command-line values and config-dict strings are read as
+literals only (recbole_cdsr.literal.parse_literal), never evaluated.
+
+In a checkpoint the Config is stored as plain data (Config.checkpoint_state), so that it
+loads with ``torch.load(weights_only=True)`` inside checkpoint_loading(); see the
+"checkpoints" section at the end.
 """
 
 from __future__ import annotations
