@@ -125,7 +125,7 @@ def test_without_detach_cross_experts_learn_from_sdsr(tiny_path):
 
 
 def test_ntg_weights_closed_form_buffer_and_no_gradient(tiny_path):
-    model = make(tiny_path, ntg_alpha=0.5, ntg_beta=2.0, ntg_temperature=0.5)
+    model = make(tiny_path, ntg_alpha=0.5, ntg_beta=2.0, ntg_temperature=0.5, ntg_update="sum")
     assert torch.equal(model.ntg_state, torch.full((2,), 0.5))
     assert "ntg_state" in model.state_dict()
     model.train()
@@ -366,3 +366,126 @@ def test_padding_skips_give_the_same_loss_and_gradients(tiny_path):
     assert results[0][1]["experts.layers.0.qkv_w"].abs().sum() > 0
     scores = [m.full_sort_predict(inter) for m in (bucketed, padded)]
     assert torch.allclose(scores[0], scores[1], atol=1e-5)
+
+
+# ------------------------------------------------------------------ issue 16: LC-NTG, SC-MIM, CE
+
+
+@pytest.fixture(scope="module")
+def ml100k_root(tmp_path_factory):
+    from recbole_cdsr.data.registry import prepare_dataset
+
+    root = tmp_path_factory.mktemp("ml100k")
+    prepare_dataset("ml100k_genre", root)
+    return root
+
+
+def ntg_weights_after(root, steps: int, **overrides) -> torch.Tensor:
+    """LC-NTG weights of SyNCRec (yaml defaults, BCE as when the issue was filed,
+    MAX_ITEM_LIST_LENGTH 20) after ``steps``
+    Adam steps on the whole of ml100k_genre (943 users: 8 full-sequence rows of 128)."""
+    from recbole_cdsr.quick_start import build
+
+    config = Config("SyNCRec", "ml100k_genre", config_dict={
+        "data_path": str(root), "MAX_ITEM_LIST_LENGTH": 20, "state": "ERROR",
+        "show_progress": False, "checkpoint_dir": "saved", "seed": 2020, "loss_type": "BCE",
+        **overrides,
+    })
+    _, train_data, _, _, model = build(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+    model.train()
+    done = 0
+    while done < steps:
+        for inter in train_data:
+            optimizer.zero_grad()
+            sum(model.calculate_loss(inter)).backward()
+            optimizer.step()
+            done += 1
+            if done == steps:
+                break
+    return torch.softmax(model.ntg_state / model.ntg_temperature, 0)
+
+
+def test_ntg_weights_do_not_collapse_on_ml100k_genre(ml100k_root):
+    # Issue 16's smallest input: with s <- 0.9 s + 1.0 phi the state settles at 10x the
+    # gap and after 96 steps the weights were [0.9985, 0.0015] (the drama CDSR loss stopped
+    # training). The default moving average keeps both domains training.
+    weights = ntg_weights_after(ml100k_root, 96)
+    assert weights.min() > 0.3, weights
+    collapsed = ntg_weights_after(ml100k_root, 96, ntg_update="sum")
+    assert collapsed.max() > 0.95, collapsed  # the earlier update, kept behind the switch
+
+
+def test_ntg_ema_update_is_a_bounded_moving_average(tiny_path):
+    model = make(tiny_path, ntg_alpha=0.9)
+    model.train()
+    gap = torch.tensor([0.5, 0.0])
+    for _ in range(300):
+        weights = model.ntg_weights(gap)
+    # the state converges to the gap itself, never beyond it
+    assert torch.allclose(model.ntg_state, gap, atol=1e-6)
+    assert torch.allclose(weights, torch.softmax(gap, 0), atol=1e-6)  # [0.62, 0.38]
+    first = make(tiny_path, ntg_alpha=0.9)
+    first.train()
+    first.ntg_weights(gap)
+    assert torch.allclose(first.ntg_state, 0.9 * torch.full((2,), 0.5) + 0.1 * gap)
+    summed = make(tiny_path, ntg_alpha=0.9, ntg_beta=1.0, ntg_update="sum")
+    summed.train()
+    for _ in range(300):
+        collapsed = summed.ntg_weights(gap)
+    assert collapsed[0] > 0.99  # 10x the gap: one-hot
+    with pytest.raises(ValueError, match="ntg_alpha must be in"):
+        make(tiny_path, ntg_alpha=1.5)
+
+
+def test_scmim_does_not_depend_on_the_trimmed_width(tiny_path):
+    # the batch's longest row (7) is shorter than the window (12): trim_padding cuts the
+    # batch to 7 columns, which used to change the SC-MIM denominator B*T
+    for mean in ("window", "targets"):
+        trimmed = make(tiny_path, MAX_ITEM_LIST_LENGTH=12, scmim_mean=mean)
+        padded = make(tiny_path, MAX_ITEM_LIST_LENGTH=12, scmim_mean=mean, trim_padding=False)
+        inter = batch(trimmed)
+        inter["item_id_list"] = F.pad(inter["item_id_list"], (0, 5))
+        values = []
+        for model in (trimmed, padded):
+            model.eval()
+            torch.manual_seed(1)
+            values.append(model.calculate_loss(inter)[2])
+        assert values[0].item() == pytest.approx(values[1].item(), rel=1e-4), mean
+    n_targets = int(inter["item_length"].sum())
+    window = make(tiny_path, MAX_ITEM_LIST_LENGTH=12).eval()
+    torch.manual_seed(1)
+    w = window.calculate_loss(inter)[2]
+    assert values[1].item() == pytest.approx(w.item() * B * 12 / n_targets, rel=1e-4)
+
+
+@pytest.mark.parametrize("scope", ["domain", "all"])
+def test_ce_loss_matches_hand_computation(tiny_path, scope):
+    model = make(tiny_path, loss_type="CE", ce_scope=scope).eval()
+    inter = batch(model)
+    seq, lengths = inter["item_id_list"], inter["item_length"]
+    targets = model.position_targets(seq, lengths, inter["item_id"])
+    outputs = model._task_outputs(seq)[0]
+    s_sum, s_mean, c_sum, c_mean = model.domain_losses_ce(outputs, targets)
+    expect = torch.zeros(2, 2)  # [SDSR/CDSR, domain]
+    count = torch.zeros(2)
+    table = model.item_embedding.weight
+    for r in range(B):
+        for t in range(T):
+            y = int(targets[r, t])
+            if y == 0:
+                continue
+            d = int(model.item_domain[y])
+            allowed = torch.arange(model.n_items) > 0
+            if scope == "domain":
+                allowed &= model.item_domain == d
+            for task, row in ((0, outputs[d - 1, r, t]), (1, outputs[2, r, t])):
+                logits = (table @ row)[allowed]
+                index = int(allowed[:y].sum())  # position of y among the allowed items
+                expect[task, d - 1] += -torch.log_softmax(logits, 0)[index]
+            count[d - 1] += 1
+    assert torch.allclose(s_sum, expect[0], rtol=1e-5) and torch.allclose(c_sum, expect[1], rtol=1e-5)
+    assert torch.allclose(c_mean, expect[1] / count, rtol=1e-5)
+    model.train()
+    single, cross, _ = model.calculate_loss(inter)
+    assert single.requires_grad and cross.requires_grad and torch.isfinite(single + cross)

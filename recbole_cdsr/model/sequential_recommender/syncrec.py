@@ -59,6 +59,10 @@ from recbole_cdsr.utils import check_choice
 logger = logging.getLogger(__name__)
 
 TRAIN_MODES = ("full_sequence", "last_position")
+LOSS_TYPES = ("CE", "BCE")
+CE_SCOPES = ("domain", "all")
+NTG_UPDATES = ("ema", "sum")
+SCMIM_MEANS = ("window", "targets")
 GATE_INPUTS = ("causal", "flatten")
 BUCKET_MIN_LENGTH = 8  # rows up to this length share the first length bucket (trim_padding)
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
@@ -235,12 +239,16 @@ class SyNCRec(SequentialRecommender):
         self.gate_input = check_choice(config, "gate_input", GATE_INPUTS, "SyNCRec")
         self.gate_noise_eval = config["gate_noise_eval"]
         self.train_mode = check_choice(config, "train_mode", TRAIN_MODES, "SyNCRec")
+        self.loss_type = check_choice(config, "loss_type", LOSS_TYPES, "SyNCRec")
+        self.ce_scope = check_choice(config, "ce_scope", CE_SCOPES, "SyNCRec")
         self.use_ntg = config["use_ntg"]
+        self.ntg_update = check_choice(config, "ntg_update", NTG_UPDATES, "SyNCRec")
         self.ntg_alpha = config["ntg_alpha"]  # alpha, spec 3.7
-        self.ntg_beta = config["ntg_beta"]  # beta
+        self.ntg_beta = config["ntg_beta"]  # beta (ntg_update sum only)
         self.ntg_temperature = config["ntg_temperature"]  # tau
         self.use_scmim = config["use_scmim"]
         self.scmim_weight = config["scmim_weight"]
+        self.scmim_mean = check_choice(config, "scmim_mean", SCMIM_MEANS, "SyNCRec")
         self.loss_scale = config["loss_scale"]
         self.trim_padding = config["trim_padding"]
         self._check_config(config)
@@ -324,6 +332,11 @@ class SyNCRec(SequentialRecommender):
             )
         if self.ntg_temperature is None or self.ntg_temperature <= 0:
             raise ValueError(f"SyNCRec: ntg_temperature must be > 0, got {self.ntg_temperature!r}")
+        if self.ntg_update == "ema" and not 0.0 <= self.ntg_alpha < 1.0:
+            raise ValueError(
+                f"SyNCRec: ntg_alpha must be in [0, 1) with ntg_update 'ema' (s <- alpha*s + "
+                f"(1-alpha)*phi), got {self.ntg_alpha!r}; e.g. ntg_alpha: 0.9"
+            )
 
     def _init_weights(self, module):
         init_recbole_weights(module, self.initializer_range)
@@ -534,7 +547,15 @@ class SyNCRec(SequentialRecommender):
         return negatives
 
     def ntg_weights(self, gap: torch.Tensor) -> torch.Tensor:
-        """LC-NTG (spec 3.7): in training s <- alpha*s + beta*phi; w = softmax(s / tau).
+        """LC-NTG (spec 3.7): in training s is updated with the gap phi, then
+        w = softmax(s / tau).
+
+        ``ntg_update: ema`` (default): s <- alpha*s + (1-alpha)*phi, a moving average that
+        stays within the range of the gaps seen. ``sum`` (the earlier update, spec 3.7's
+        formula with fixed scalars): s <- alpha*s + beta*phi settles at beta/(1-alpha)
+        times the gap (10x at 0.9 / 1.0), so a gap of 0.5 already gives one-hot weights
+        and the other domains' CDSR losses stop training.
+
         ``gap`` is phi ``[D]`` (detached); returns w ``[D]`` (no gradient)."""
         if not self.use_ntg:
             return torch.full_like(self.ntg_state, 1.0 / self.n_domains)
@@ -544,7 +565,8 @@ class SyNCRec(SequentialRecommender):
                 if dist.is_available() and dist.is_initialized():
                     dist.all_reduce(gap)
                     gap /= dist.get_world_size()
-                self.ntg_state.mul_(self.ntg_alpha).add_(self.ntg_beta * gap)
+                beta = 1.0 - self.ntg_alpha if self.ntg_update == "ema" else self.ntg_beta
+                self.ntg_state.mul_(self.ntg_alpha).add_(beta * gap)
             return torch.softmax(self.ntg_state / self.ntg_temperature, dim=0)
 
     def domain_losses(self, outputs, targets, negatives):
@@ -565,9 +587,39 @@ class SyNCRec(SequentialRecommender):
         cdsr_sum = (bce[D] * in_domain).sum((1, 2))
         return sdsr_sum, sdsr_sum / count, cdsr_sum, cdsr_sum / count
 
+    def domain_losses_ce(self, outputs, targets):
+        """Per-domain full-softmax cross-entropy sums and means (``loss_type: CE``).
+
+        At each position with a target, the CDSR output and the SDSR output of the
+        target's domain score all items (``ce_scope: all``) or the items of the target's
+        domain (``domain``, the candidates evaluation ranks); the loss is the CE of the
+        target. Only target positions are scored: ``[M, N]`` logits, M = targets in batch.
+
+        Returns:
+            (sdsr_sum, sdsr_mean, cdsr_sum, cdsr_mean), each ``[D]``, as ``domain_losses``.
+        """
+        D = self.n_domains
+        rows, cols = targets.nonzero(as_tuple=True)
+        target = targets[rows, cols]
+        domain = self.item_domain[target] - 1  # [M], 0..D-1
+        hidden = torch.stack([outputs[domain, rows, cols], outputs[D, rows, cols]])  # [2, M, H]
+        logits = hidden @ self.item_embedding.weight.T  # [2, M, N]
+        if self.ce_scope == "domain":
+            other = self.item_domain.unsqueeze(0) != (domain + 1).unsqueeze(1)  # [M, N]
+            logits = logits.masked_fill(other.unsqueeze(0), torch.finfo(logits.dtype).min)
+        else:
+            logits[..., 0] = torch.finfo(logits.dtype).min  # never the padding item
+        ce = F.cross_entropy(logits.flatten(0, 1), target.repeat(2), reduction="none").view(2, -1)
+        sums = ce.new_zeros(2, D).index_add_(1, domain, ce)
+        count = torch.bincount(domain, minlength=D).to(ce.dtype).clamp_min(1.0)
+        return sums[0], sums[0] / count, sums[1], sums[1] / count
+
     def scmim_loss(self, outputs, item_seq, targets, permutation=None) -> torch.Tensor:
         """SC-MIM as in the official code (spec 3.8): -log sig(sig(<q, Y^S>) - sig(<q, I[x_pi]>)),
-        averaged over all B*T positions (padding counts in the denominator)."""
+        summed over the positions with a target and divided by B * MAX_ITEM_LIST_LENGTH
+        (``scmim_mean: window``, the official denominator: padding counts, whatever width
+        ``trim_padding`` cut the batch to) or by the number of target positions
+        (``targets``). Either way the value does not depend on the trimmed width."""
         D = self.n_domains
         domain_seq = self.item_domain[item_seq]
         index = (domain_seq - 1).clamp_min(0)[None, :, :, None].expand(1, -1, -1, outputs.shape[-1])
@@ -577,8 +629,11 @@ class SyNCRec(SequentialRecommender):
             permutation = torch.randperm(len(item_seq), device=item_seq.device)
         pos = torch.sigmoid((query * sdsr_now).sum(-1))
         neg = torch.sigmoid((query * self.item_embedding(item_seq[permutation])).sum(-1))
-        per_position = -F.logsigmoid(pos - neg) * (targets > 0)
-        return per_position.sum() / targets.numel()
+        has_target = targets > 0
+        per_position = -F.logsigmoid(pos - neg) * has_target
+        if self.scmim_mean == "window":
+            return per_position.sum() / (len(targets) * self.max_seq_length)
+        return per_position.sum() / has_target.sum().clamp_min(1)
 
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]
@@ -587,8 +642,12 @@ class SyNCRec(SequentialRecommender):
         targets = self.position_targets(item_seq, item_seq_len, interaction[self.POS_ITEM_ID])
         needed = self._needed_sdsr_rows(item_seq, targets) if self.trim_padding else None
         outputs = self._outputs(item_seq, item_seq_len, with_sdsr=True, sdsr_rows=needed)
-        negatives = self._sample_negatives(item_seq, targets)
-        sdsr_sum, sdsr_mean, cdsr_sum, cdsr_mean = self.domain_losses(outputs, targets, negatives)
+        if self.loss_type == "CE":
+            losses = self.domain_losses_ce(outputs, targets)
+        else:
+            negatives = self._sample_negatives(item_seq, targets)
+            losses = self.domain_losses(outputs, targets, negatives)
+        sdsr_sum, sdsr_mean, cdsr_sum, cdsr_mean = losses
         weights = self.ntg_weights(sdsr_mean.detach() - cdsr_mean.detach())  # phi_d
         single_loss = sdsr_sum.sum() / self.n_domains  # L_single
         cross_loss = (weights * cdsr_sum).sum()  # L_cross^lrb
