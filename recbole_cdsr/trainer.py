@@ -167,6 +167,7 @@ class CDSRTrainer(Trainer):
         self.candidate_args = self._check_candidate_args(config["eval_candidates"])
         self._candidates = {}  # id(dataset) -> [rows, num] candidate item ids
         self._eval_dataset = None
+        self._domain_table = None  # (item_domain, [D, N] other-domain mask), see below
 
     @staticmethod
     def _check_candidate_args(args: dict | None) -> dict | None:
@@ -232,11 +233,22 @@ class CDSRTrainer(Trainer):
             keep[positive_u, positive_i] = True
             scores = scores.masked_fill(~keep, -np.inf)
         elif self.config["domain_mask"]:
-            item_domain = self.eval_collector.item_domain
-            target = item_domain[positive_i.to(self.device)]
-            other = item_domain.unsqueeze(0) != target.unsqueeze(1)
-            scores = scores.masked_fill(other, -np.inf)
+            item_domain, other_domain = self._other_domain_table()
+            other = other_domain[item_domain[positive_i.to(self.device)]]  # [B, N] row gather
+            # in place; on the CPU where(out=) took 12 ms per 512 x 36k batch, masked_fill_ 17
+            torch.where(other, self._neg_inf, scores, out=scores)
         return interaction, scores, positive_u, positive_i
+
+    def _other_domain_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(item_domain [N], other_domain [D, N])`` of the bound dataset, where
+        ``other_domain[d, i]`` is True when item i is not in domain d (padding included);
+        built once per bound dataset, so a batch's mask is one row gather."""
+        item_domain = self.eval_collector.item_domain
+        if self._domain_table is None or self._domain_table[0] is not item_domain:
+            domains = torch.arange(len(self.eval_collector.domain_names), device=item_domain.device)
+            self._domain_table = (item_domain, item_domain.unsqueeze(0) != domains.unsqueeze(1))
+            self._neg_inf = torch.tensor(-np.inf, device=item_domain.device)
+        return self._domain_table
 
     def _candidate_table(self, dataset) -> torch.Tensor:
         key = id(dataset)

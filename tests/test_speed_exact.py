@@ -198,3 +198,37 @@ def test_fused_dropout_in_place_and_switch_off():
     finally:
         _compat.use_fused_layers(True)
     assert torch.nn.Dropout.forward is _compat._uniform_mask_dropout
+
+
+def _old_domain_mask_eval(trainer, batched_data):
+    """The per-batch [B, N] compare the domain mask used before the [D, N] table."""
+    from recbole.trainer import Trainer
+
+    interaction, scores, positive_u, positive_i = Trainer._full_sort_batch_eval(trainer, batched_data)
+    item_domain = trainer.eval_collector.item_domain
+    other = item_domain.unsqueeze(0) != item_domain[positive_i].unsqueeze(1)
+    return interaction, scores.masked_fill(other, float("-inf")), positive_u, positive_i
+
+
+def test_domain_mask_table_gives_the_old_mask_metrics(tiny_path, monkeypatch):
+    from recbole_cdsr.trainer import CDSRTrainer
+
+    config, train, test = build(tiny_path, "SASRec", eval_batch_size=16)
+    torch.manual_seed(0)
+    model = get_model("SASRec")(config, train._dataset)
+    trainer = CDSRTrainer(config, model)
+    new = trainer.evaluate(test, load_best_model=False)
+    table = trainer._domain_table[1]
+    assert table.shape == (2, test._dataset.item_num) and table.dtype == torch.bool
+    assert trainer.evaluate(test, load_best_model=False) == new
+    assert trainer._domain_table[1] is table  # built once, reused by every batch
+    # the same scores, batch by batch, as the old per-batch compare
+    trainer.model.eval()
+    with torch.no_grad():
+        for batch in test:
+            ours = trainer._full_sort_batch_eval(batch)[1]
+            old = _old_domain_mask_eval(trainer, batch)[1]
+            assert torch.equal(ours, old)
+    monkeypatch.setattr(CDSRTrainer, "_full_sort_batch_eval", _old_domain_mask_eval)
+    assert trainer.evaluate(test, load_best_model=False) == new
+    assert new["drama/n"] + new["other/n"] == new["n"] > 0
