@@ -266,6 +266,86 @@ def test_bad_config_names_the_key(tiny_path, built):
         _build(tiny_path, psg_unseen_user="noise")
 
 
+# --------------------------------------------------------------------- learning switches
+def _variant(built, **keys):
+    config, _, (train, _, _) = built
+    old = {k: config[k] for k in keys}
+    try:
+        for k, v in keys.items():
+            config[k] = v
+        torch.manual_seed(0)
+        return I2VAE(config, train._dataset)
+    finally:
+        for k, v in old.items():
+            config[k] = v
+
+
+def test_item_init_std(built):
+    official = _variant(built, item_init_std=1.0).item_embedding.weight
+    small = _variant(built, item_init_std=0.05).item_embedding.weight
+    assert float(official.std()) == pytest.approx(1.0, rel=0.05)
+    assert float(small.std()) == pytest.approx(0.05, rel=0.05)
+
+
+def test_latent_noise_scale(built):
+    model = _variant(built, latent_noise_scale=0.5)
+    model.train()
+    mu, logscale = torch.randn(B, K), torch.randn(B, K)
+    torch.manual_seed(3)
+    eps = torch.randn(B, K)
+    torch.manual_seed(3)
+    torch.testing.assert_close(model._sample(mu, logscale), mu + 0.5 * sigma(logscale) * eps)
+    model.noise_scale = 0.0
+    assert torch.equal(model._sample(mu, logscale), mu)
+
+
+def test_ce_loss_is_softmax_over_the_target_domain(built, batch):
+    model = _variant(built, loss_type="CE")
+    model.eval()  # deterministic forward (means, no dropout)
+    with torch.no_grad():
+        out = model(batch)
+        rec = model.loss_terms(batch, out)["rec"]
+        target = model.item_domain[batch["item_id"]]
+        user = model._target_user(out, target)
+        for row in range(B):
+            items = torch.nonzero(model.item_domain == target[row]).squeeze(1)
+            logits = model._score(user[row].expand(len(items), -1), items)
+            pos = int((items == batch["item_id"][row]).nonzero())
+            expected = torch.logsumexp(logits, 0) - logits[pos]
+            assert float(rec[row]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_kl_warmup_scales_only_the_kl_terms(built, batch):
+    model = _variant(built, kl_warmup_steps=4, latent_noise_scale=0.0)
+    model.eval()  # deterministic terms but the sampled negative; steps count only in training
+    torch.manual_seed(1)
+    full = model.combine(model.loss_terms(batch))
+    assert model.kl_scale() == 0.0
+    torch.manual_seed(1)
+    first = model.calculate_loss(batch)
+    assert int(model.train_steps) == 0
+    torch.testing.assert_close(first[0], full[0])
+    torch.testing.assert_close(first[4], full[4])
+    assert all(float(x) == 0.0 for x in first[1:4])
+    model.train_steps += 2
+    torch.manual_seed(1)
+    half = model.calculate_loss(batch)
+    for got, want in zip(half[1:4], full[1:4]):
+        torch.testing.assert_close(got, 0.5 * want)
+    model.train()
+    model.calculate_loss(batch)
+    assert int(model.train_steps) == 3
+    model.train_steps += 10
+    assert model.kl_scale() == 1.0
+
+
+@pytest.mark.parametrize("key,value", [("loss_type", "BPR"), ("item_init_std", -1.0),
+                                       ("latent_noise_scale", "x"), ("kl_warmup_steps", 0.5)])
+def test_bad_learning_switch_names_the_key(built, key, value):
+    with pytest.raises(ValueError, match=key):
+        _variant(built, **{key: value})
+
+
 # --------------------------------------------------------------------- PSG
 def test_psg_domains_never_pad_not_own_items_and_cached(tiny_path, built, monkeypatch):
     config, dataset, (train, valid, test) = built
@@ -332,3 +412,66 @@ def test_one_epoch_run(tiny_path, tmp_path):
     for part in ("all", "drama", "other"):
         for key in ("hit@10", "ndcg@10", "mrr@10"):
             assert 0.0 <= result["test"][part][key] <= 1.0
+
+
+# --------------------------------------------------------------------- learning (issue 16)
+LEARN_USERS, LEARN_EPOCHS, FIT_USERS, FIT_EPOCHS = 150, 3, 60, 5
+LEARN_SIZE = {"latent_size": 32, "psg_epochs": 10, "psg_embedding_size": 32}
+
+
+def _harness(tmp_path_factory, name: str, n_users: int):
+    """(learning module, slice root) with the first ``n_users`` users as ``name``."""
+    import learning
+
+    from conftest import REPO
+
+    root = tmp_path_factory.mktemp(f"i2vae_{name}")
+    learning.make_user_slice(root, REPO / "atomic_data", name, n_users)
+    return learning, root
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """Pop, SASRec and I2VAE (package defaults at the harness size: hidden 32, latent 32,
+    batch 128) on the harness slice, LEARN_EPOCHS full epochs each."""
+    learning, root = _harness(tmp_path_factory, "learn", LEARN_USERS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", ["pytest"])
+        mp.chdir(root)
+        return {
+            "pop": learning.popularity(root, "learn")["mean/hit@10"],
+            "sasrec": learning.learn("SASRec", root, "learn", LEARN_EPOCHS)["valid"][
+                "mean/hit@10"],
+            "i2vae": learning.learn("I2VAE", root, "learn", LEARN_EPOCHS, **LEARN_SIZE),
+        }
+
+
+def test_defaults_learn_above_popularity_and_near_sasrec(learned):
+    """Valid HR@10 after LEARN_EPOCHS epochs: above Pop by 0.01 and within 0.05 of SASRec
+    trained the same way (measured: Pop 0.0995, SASRec 0.144, I2VAE 0.116; the official
+    N(0, 1) item init gives 0.039); the training loss decreases."""
+    hit = learned["i2vae"]["valid"]["mean/hit@10"]
+    assert hit > learned["pop"] + 0.01, learned
+    assert hit > learned["sasrec"] - 0.05, learned
+    losses = learned["i2vae"]["losses"]
+    assert losses[-1] < 0.95 * losses[0], losses
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "known limitation, docs/results/i2vae.md: I2VAE does not memorise the prefix rows of "
+    "60 users at this budget (HR@10 on training targets 0.071 vs Pop 0.084 after 5 "
+    "epochs; 0.076 with dropout and noise off at lr 3e-3 after 8 epochs)"))
+def test_defaults_overfit_users_learn(tmp_path_factory):
+    """HR@10 on the training targets of FIT_USERS users after FIT_EPOCHS epochs: at least
+    1.5 x Pop's (strict xfail: passes the day I2VAE can overfit)."""
+    learning, root = _harness(tmp_path_factory, "fit", FIT_USERS)
+    # tests/learning.py's overfit_hit runs training under its own @torch.no_grad; train
+    # with gradients (the undecorated function), read the scores the same way
+    overfit_hit = getattr(learning.overfit_hit, "__wrapped__", learning.overfit_hit)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", ["pytest"])
+        mp.chdir(root)
+        pop = overfit_hit("Pop", root, "fit", 1)
+        fit = overfit_hit("I2VAE", root, "fit", FIT_EPOCHS, **LEARN_SIZE)
+    assert fit > 1.5 * pop, (fit, pop)
