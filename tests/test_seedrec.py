@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 
 from recbole_cdsr.config import Config
@@ -294,11 +295,26 @@ def test_loss_value_and_frozen_dm(built):
     original = model._user_repr
     model._user_repr = lambda i: model.item_embedding(i["item_id"])
     try:
-        # pos cos 1, neg cos -1, temperature 10; float32 rounds log(1 + e^-10)
+        # BCE: pos cos 1, neg cos -1, temperature 10; float32 rounds log(1 + e^-10)
+        model.loss_type = "BCE"
         expected = 2 * math.log1p(math.exp(-10))
         assert model.calculate_loss(inter).item() == pytest.approx(expected, rel=1e-2)
+        # CE (default): -log softmax of 10 * cosine over the target's domain's items
+        model.loss_type = "CE"
+        table = F.normalize(model.item_embedding.weight, dim=-1)
+        ce = 0.0
+        for y in inter["item_id"].tolist():
+            allowed = (model.item_domain == model.item_domain[y]) & (torch.arange(model.n_items) > 0)
+            logits = 10.0 * table[allowed] @ table[y]
+            ce -= torch.log_softmax(logits, 0)[int(allowed[:y].sum())].item() / 5
+        assert model.calculate_loss(inter).item() == pytest.approx(ce, rel=1e-4)
+        model.ce_scope = "all"
+        logits = 10.0 * table[inter["item_id"]] @ table[1:].T
+        ce_all = F.cross_entropy(logits, inter["item_id"] - 1).item()
+        assert model.calculate_loss(inter).item() == pytest.approx(ce_all, rel=1e-4)
     finally:
         del model._user_repr
+        model.loss_type, model.ce_scope = config["loss_type"], config["ce_scope"]
     assert model._user_repr == original
     dm_before = {k: v.clone() for k, v in model.denoiser.state_dict().items()}
     trainer = SeeDRecTrainer(config, model)

@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 SEMEME_SOURCES = ("field", "text")
 PROMPT_SOURCES = ("prefix", "full_train")
+LOSS_TYPES = ("CE", "BCE")
+CE_SCOPES = ("domain", "all")
 BACKBONE_PREFIXES = ("item_embedding.", "position_embedding.", "blocks.", "final_norm.")
 
 
@@ -316,13 +318,14 @@ class PreLNBlock(nn.Module):
 class SeeDRec(SequentialRecommender):
     """SASRec (pre-LN, cosine scores) with k prompt tokens generated from the S2IDM interest.
 
-    Batch fields: item_id_list, item_length, item_id, neg_item_id, ``<sememe_time_field>_list``
-    when set, user_id (``prompt_source: full_train`` only). calculate_loss returns the BCE
-    loss (one positive, one negative per row).
+    Batch fields: item_id_list, item_length, item_id, neg_item_id (``loss_type: BCE``),
+    ``<sememe_time_field>_list`` when set, user_id (``prompt_source: full_train`` only).
+    calculate_loss returns the full-softmax CE of the target over the cosine logits
+    (``loss_type: CE``) or the official BCE (one positive, one negative per row).
     """
 
     input_type = InputType.PAIRWISE
-    loss_names = ("bce",)
+    loss_names = ("rec",)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -333,6 +336,15 @@ class SeeDRec(SequentialRecommender):
         self.w_min, self.w_max = config["time_weight_min"], config["time_weight_max"]
         self.prompt_source = check_choice(config, "prompt_source", PROMPT_SOURCES, "SeeDRec")
         self.sememe_source = check_choice(config, "sememe_source", SEMEME_SOURCES, "SeeDRec")
+        self.loss_type = check_choice(config, "loss_type", LOSS_TYPES, "SeeDRec")
+        self.ce_scope = check_choice(config, "ce_scope", CE_SCOPES, "SeeDRec")
+        neg_args = config["train_neg_sample_args"] or {}
+        if self.loss_type == "BCE" and neg_args.get("distribution", "none") == "none":
+            raise ValueError(
+                "SeeDRec: loss_type BCE needs one sampled negative per row; got "
+                f"train_neg_sample_args {config['train_neg_sample_args']!r}. Set "
+                "train_neg_sample_args: {distribution: uniform, sample_num: 1} or loss_type: CE"
+            )
         for key in ("hidden_size", "n_layers", "n_heads", "dm_steps", "dm_batch_size", "dm_eval_step"):
             if not isinstance(config[key], int) or config[key] < 1:
                 raise ValueError(f"SeeDRec: {key} must be a positive int, got {config[key]!r}")
@@ -373,6 +385,11 @@ class SeeDRec(SequentialRecommender):
                 dataset, Path(text_file), list(clusters), config["seed"]
             )
         self.register_buffer("item_sememes", item_sememes)
+        # item -> domain index (padding -1), for ce_scope domain
+        item_domain = getattr(dataset, "item_domain", None)
+        if not isinstance(item_domain, torch.Tensor):
+            item_domain = torch.zeros(self.n_items, dtype=torch.long)
+        self.register_buffer("item_domain", item_domain.long(), persistent=False)
 
         # backbone
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -499,8 +516,22 @@ class SeeDRec(SequentialRecommender):
         return self.temperature * F.cosine_similarity(user, item_emb, dim=-1, eps=1e-8)
 
     def calculate_loss(self, interaction) -> torch.Tensor:
+        """Scalar loss of the batch's targets: CE over the cosine logits of every item (of
+        the target's domain with ``ce_scope: domain``; never the padding item), or BCE with
+        the row's sampled negative (official)."""
         user = self._user_repr(interaction)
-        pos_items, neg_items = interaction[self.POS_ITEM_ID], interaction[self.NEG_ITEM_ID]
+        pos_items = interaction[self.POS_ITEM_ID]
+        if self.loss_type == "CE":
+            user = F.normalize(user, dim=-1, eps=1e-8)
+            items = F.normalize(self.item_embedding.weight, dim=-1, eps=1e-8)
+            logits = self.temperature * user @ items.t()  # [B, N]
+            floor = torch.finfo(logits.dtype).min
+            if self.ce_scope == "domain":
+                other = self.item_domain.unsqueeze(0) != self.item_domain[pos_items].unsqueeze(1)
+                logits = logits.masked_fill(other, floor)
+            logits[:, 0] = floor
+            return F.cross_entropy(logits, pos_items, ignore_index=0)
+        neg_items = interaction[self.NEG_ITEM_ID]
         pos_logits, neg_logits = self._logits(user, pos_items), self._logits(user, neg_items)
         keep = (pos_items > 0).float()
         bce = F.binary_cross_entropy_with_logits
