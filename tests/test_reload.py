@@ -4,6 +4,7 @@ exactly. One training run per model, shared by its tests."""
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -99,7 +100,7 @@ def test_recbole_own_loader_refuses_with_a_message_naming_ours(trained, request,
 
     monkeypatch.chdir(work)
     # torch >= 2.6 default (weights only): our rebuilder is not on torch's own list
-    with pytest.raises(Exception, match="recbole_cdsr.config.restore_config"):
+    with pytest.raises(pickle.UnpicklingError, match="recbole_cdsr.config.restore_config"):
         recbole_load(result["saved_model_file"])
     # forced full unpickling: the config comes back sealed and names our loader
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
