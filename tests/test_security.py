@@ -169,7 +169,8 @@ def test_trainer_best_model_load_refuses_a_pickle_payload(tiny_path, evil_checkp
 # ------------------------------------------------------------------ what is executed
 @pytest.mark.parametrize("text, value", [
     ("3", 3), ("-2", -2), ("1e-3", 0.001), ("0.5", 0.5), ("True", True), ("false", False),
-    ("None", None), ("[5, 10]", [5, 10]), ("{'num': 99, 'pool': 'all'}", {"num": 99, "pool": "all"}),
+    ("None", None), ("[5, 10]", [5, 10]),
+    ("{'num': 99, 'pool': 'all'}", {"num": 99, "pool": "all"}),
     ("(1, 2)", (1, 2)), ("'3'", "3"), ("SASRec", "SASRec"), ("mean/ndcg@10", "mean/ndcg@10"),
     ("{1, 2}", "{1, 2}"), (INJECTION, INJECTION), ("1+2", "1+2"),
 ])
