@@ -20,14 +20,20 @@ official behaviour back where it matters):
    mean of the task embedding). The official gate reads the whole flattened window, so
    with a loss at every position it sees the future (spec 6.19); ``gate_input: flatten``.
 4. LC-NTG: the state s is a registered buffer (checkpointed, all-reduced over DDP ranks),
-   updated under no_grad with fixed ``ntg_alpha``/``ntg_beta`` (official: never-trained
-   random U(-1,1) draws, spec 6.2-6.3); softmax is max-subtracted.
+   updated under no_grad as a moving average s <- alpha*s + (1-alpha)*phi
+   (``ntg_update: ema``; official: never-trained random U(-1,1) alpha/beta, spec
+   6.2-6.3; ``ntg_update: sum`` gives s <- alpha*s + beta*phi, which collapses the
+   weights to one-hot at alpha 0.9, beta 1.0); softmax is max-subtracted.
 5. Gate noise is off in eval (official: always on, spec 6.8); ``gate_noise_eval: True``.
 6. Domain ids come from the data (D = dataset.n_domains), not hard-coded 5..9 (spec 6.10).
 7. Right padding (RecBole) instead of left padding; positions and the flattened gate
    layout differ accordingly. Pad embeddings follow RecBole's init (random rows that
    never train), as in the official code.
-8. The per-position BCE uses logsigmoid instead of log(sigmoid + 1e-24). Training
+8. ``loss_type: CE`` (default, chosen by measured validation accuracy) scores every
+   item of the target's domain with full-softmax cross-entropy; ``BCE`` is the official
+   one-negative loss. SC-MIM divides by B * MAX_ITEM_LIST_LENGTH whatever width a batch
+   is trimmed to (``scmim_mean``). The per-position BCE uses logsigmoid instead of
+   log(sigmoid + 1e-24). Training
    negatives exclude the items of the row's window and targets (official: the user's
    whole sequence); evaluation uses the package's fixed candidate sets.
 9. With ``trim_padding`` the rows of a batch run in length buckets, each cut to its
