@@ -1,194 +1,341 @@
-"""Speed of each model against SASRec in the same run, and how cost grows.
+"""Training-step cost of each model against SASRec, measured in one process.
 
-    python benchmarks/speed.py --models SASRec GRU4Rec BERT4Rec --scales 1 2 4 \
-        --output=docs/speed_cpu.md [--steps=20] [--batch=256] [--users=4000]
+    python benchmarks/speed.py --models ADARec I2VAE SyNCRec LLMCDSR SeeDRec \
+        --steps 10 --max_users 2000 --output=docs/results/speed.md
+    python benchmarks/speed.py --models SASRec --sasrec_variants --dataset beauty --steps 24
 
-For each scale s a synthetic two-domain dataset is written with s x the catalogue
-(``--items``) and s x the sequence length (``--seq_len``); every model is built through
-the normal pipeline at its default config and timed on the same batches:
+Each model runs on its paper dataset with its experiment config
+(``properties/experiment/<Model>-<dataset>.yaml``, see ``SETUPS``), its own dataset
+class, loader (``data_preparation``: length buckets where the model allows them) and
+trainer; one step is ``trainer._train_epoch([batch])`` (the trainer's own optimiser,
+loss hooks and clipping). SASRec is built on the same dataset with the same batch size
+and MAX_ITEM_LIST_LENGTH, and its steps alternate with the model's (same machine load).
 
-* training samples per second (``calculate_loss`` + backward + Adam step) and the
-  implied seconds per epoch of the synthetic train split;
-* evaluation users per second with full sort and per-domain masking (CDSRTrainer);
-* peak GPU memory (CUDA only).
+Reported per model and per SASRec: process CPU seconds and wall seconds per step
+(mean over ``--steps`` steps after ``--warmup``), per epoch (steps per epoch x mean
+step; the batches are the loader's first ones, in its shuffled order), the ratio to
+SASRec, the matmul GFLOP per step (torch.utils.flop_counter, forward + backward) and
+the achieved GFLOP/s against a measured single-process float32 matmul peak.
 
-Each figure is also given as a ratio to SASRec at the same scale. Timings are medians
-over ``--steps`` batches after ``--warmup`` batches.
+``--sasrec_variants`` times SASRec four ways on one dataset instead: stock (RecBole's
+loader, RecBole's erf GELU and dropout), fused layers only, length buckets only, both
+(the default). ``--eval`` also times full-sort evaluation of the test split: RecBole's
+Trainer against CDSRTrainer (domain mask and per-domain metrics), interleaved.
+
+``--max_users K`` keeps the first K users of every ``.inter`` file (a copy under a
+temporary data_path, the dataset renamed ``<dataset>_u<K>``), so that data loading and
+the models' preparation stages take minutes; epochs are then epochs of the slice.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from recbole_cdsr import _compat  # noqa: E402
+from recbole_cdsr.utils import PROPERTIES, default_data_path  # noqa: E402
 
-def write_synthetic(root: Path, name: str, users: int, items: int, seq_len: int, seed: int) -> None:
-    """Two domains (items split in half), each user a mixed sequence of ``seq_len + 2``."""
-    rng = np.random.default_rng(seed)
-    length = seq_len + 2
-    popularity = 1.0 / np.arange(1, items + 1) ** 0.8
-    seqs = rng.choice(items, size=(users, length), p=popularity / popularity.sum())
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    domain = np.where(np.arange(items) < items // 2, "a", "b")
-    tokens = np.char.add(np.char.add(domain, "_"), np.arange(items).astype(str))
-    inter = pd.DataFrame({
-        "user_id:token": np.repeat(np.arange(users), length),
-        "item_id:token": tokens[seqs.ravel()],
-        "timestamp:float": np.tile(np.arange(length), users),
-    })
-    inter.to_csv(folder / f"{name}.inter", sep="\t", index=False)
-    pd.DataFrame({"item_id:token": tokens, "item_domain:token": domain}).to_csv(
-        folder / f"{name}.item", sep="\t", index=False)
+# model -> (paper dataset, experiment yaml or None, benchmark-only keys). The extra keys
+# shorten preparation stages that run before training and do not change the step
+# (LLMCDSR: weight-free text encoder of the same width, one pre-training epoch).
+SETUPS = {
+    "SASRec": ("beauty", None, {}),
+    "ADARec": ("beauty", "ADARec-beauty.yaml", {}),
+    "I2VAE": ("cloth_sport", "I2VAE-cloth_sport.yaml", {}),
+    "SyNCRec": ("amazon5", "SyNCRec-amazon5.yaml", {}),
+    "LLMCDSR": ("food_kitchen", "LLMCDSR-food_kitchen.yaml",
+                {"text_encoder": "hashing-384", "pretrain_epochs": 1}),
+    "SeeDRec": ("home", "SeeDRec-home.yaml", {}),
+}
+SASREC_VARIANTS = {  # name -> (length_buckets, fused layers)
+    "stock": (False, False),
+    "fused": (False, True),
+    "buckets": (True, False),
+    "buckets+fused": (True, True),
+}
 
 
-def build(model_name: str, name: str, data_path: Path, seq_len: int, batch: int, device: str):
+def slice_users(dataset: str, max_users: int, root: Path) -> tuple[str, Path]:
+    """Copies ``dataset``'s atomic folder keeping the first ``max_users`` users.
+
+    Returns:
+        (new dataset name, new data_path root).
+    """
+    src = default_data_path() / dataset
+    if not src.is_dir():
+        raise FileNotFoundError(
+            f"{src} is missing: convert it first (python -m recbole_cdsr.data.registry {dataset})"
+        )
+    name = f"{dataset}_u{max_users}"
+    out = root / name
+    out.mkdir(parents=True)
+    inters = sorted(src.glob(f"{dataset}*.inter"))
+    keep = None
+    for path in inters:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        user = next(c for c in frame.columns if c.startswith("user_id:"))
+        if keep is None:
+            keep = set(pd.unique(frame[user])[:max_users])
+        frame[frame[user].isin(keep)].to_csv(out / path.name.replace(dataset, name, 1),
+                                            sep="\t", index=False)
+    for path in src.iterdir():
+        if path.is_file() and path.suffix != ".inter" and path.name.startswith(dataset):
+            shutil.copy(path, out / path.name.replace(dataset, name, 1))
+    return name, root
+
+
+def build(model: str, dataset: str, config_files: list[str], keys: dict, fused: bool,
+          shared: dict | None = None):
+    """Config, loaders, model and trainer exactly as a run builds them. With ``shared``
+    (a SASRec run on the same data) only the train loader is rebuilt, bucketed or
+    RecBole's as ``length_buckets`` says."""
+    from recbole.data.dataloader import TrainDataLoader
     from recbole.utils import init_seed
 
     from recbole_cdsr.config import Config
+    from recbole_cdsr.data.bucketing import LengthBucketTrainDataLoader
     from recbole_cdsr.utils import create_dataset, data_preparation, get_model, get_trainer
 
-    config = Config(model_name, name, config_dict={
-        "data_path": str(data_path), "MAX_ITEM_LIST_LENGTH": seq_len,
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "item_domain"]},
-        "train_batch_size": batch, "eval_batch_size": batch, "state": "ERROR",
-        "use_gpu": device == "cuda", "show_progress": False, "checkpoint_dir": tempfile.mkdtemp(),
+    config = Config(model, dataset, config_files, {
+        "state": "ERROR", "show_progress": False, "checkpoint_dir": tempfile.mkdtemp(), **keys,
     })
-    init_seed(config["seed"], True)
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    model = get_model(model_name)(config, train._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
-    return config, train, test, model, trainer
+    init_seed(config["seed"], config["reproducibility"])
+    if shared is None:
+        train, _, test = data_preparation(config, create_dataset(config))
+    else:
+        loader = LengthBucketTrainDataLoader if config["length_buckets"] else TrainDataLoader
+        train = loader(config, shared["train"]._dataset, shared["train"]._sampler, shuffle=True)
+        test = shared["test"]
+    init_seed(config["seed"], config["reproducibility"])
+    with fused_layers(fused):
+        net = get_model(model)(config, train._dataset).to(config["device"])
+        trainer = get_trainer(config["MODEL_TYPE"], model)(config, net)
+    return {"config": config, "train": train, "test": test, "model": net, "trainer": trainer,
+            "fused": fused, "batches": iter(train)}
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
+@contextlib.contextmanager
+def fused_layers(enabled: bool):
+    _compat.use_fused_layers(enabled)
+    try:
+        yield
+    finally:
+        _compat.use_fused_layers(True)
+
+
+def next_batch(run):
+    try:
+        return next(run["batches"])
+    except StopIteration:
+        run["batches"] = iter(run["train"])
+        return next(run["batches"])
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def time_model(model_name, name, data_path, seq_len, batch, device, steps, warmup) -> dict:
-    config, train, test, model, trainer = build(model_name, name, data_path, seq_len, batch, device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = []
-    for interaction in train:
-        batches.append(interaction)
-        if len(batches) == steps + warmup:
-            break
-    model.train()
-    step_times, sizes = [], []
-    for i, interaction in enumerate(batches):
-        interaction = interaction.to(config["device"])
+def step(run, batch) -> tuple[float, float]:
+    """One training step through the trainer; returns (wall s, process CPU s)."""
+    device = run["config"]["device"]
+    batch = batch.to(device)
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    with fused_layers(run["fused"]):
+        run["trainer"]._train_epoch([batch], 0)
+    sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def step_gflop(run, steps: int = 3) -> float:
+    """Matmul GFLOP of a training step (forward + backward), mean over ``steps`` next
+    batches (bucketed batches differ in width)."""
+    with FlopCounterMode(display=False) as counter:
+        for _ in range(steps):
+            step(run, next_batch(run))
+    return counter.get_total_flops() / 1e9 / steps
+
+
+def matmul_peak(device, size: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul GFLOP/s of this process (best of ``repeats``)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
         sync(device)
         start = time.perf_counter()
-        loss = model.calculate_loss(interaction)
-        loss = sum(loss) if isinstance(loss, tuple) else loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        a @ b
         sync(device)
-        if i >= warmup:
-            step_times.append(time.perf_counter() - start)
-            sizes.append(len(interaction))
-    train_rate = statistics.median(n / t for n, t in zip(sizes, step_times))
-    # evaluation: full sort + domain mask through the trainer, as in a real run
-    trainer.eval_collector.bind(test._dataset)
-    trainer.tot_item_num = test._dataset.item_num
-    model.eval()
-    eval_times, eval_sizes = [], []
-    with torch.no_grad():
-        for i, batched in enumerate(test):
-            sync(device)
-            start = time.perf_counter()
-            trainer._full_sort_batch_eval(batched)
-            sync(device)
-            if i >= 1 or len(test) == 1:
-                eval_times.append(time.perf_counter() - start)
-                eval_sizes.append(len(batched[0]))
-            if len(eval_times) >= steps:
-                break
-    return {
-        "train_samples_per_s": train_rate,
-        "s_per_epoch": len(train.dataset) / train_rate,
-        "eval_users_per_s": sum(eval_sizes) / sum(eval_times),
-        "peak_mem_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-        "train_rows": len(train.dataset),
-        "n_items": test._dataset.item_num - 1,
-    }
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def time_runs(runs: dict, steps: int, warmup: int) -> dict:
+    """Alternates one step of every run, ``warmup + steps`` rounds."""
+    times = {name: [] for name in runs}
+    for i in range(warmup + steps):
+        for name, run in runs.items():
+            measured = step(run, next_batch(run))
+            if i >= warmup:
+                times[name].append(measured)
+    out = {}
+    for name, run in runs.items():
+        walls, cpus = zip(*times[name])
+        per_epoch = len(run["train"])
+        out[name] = {
+            "wall_s": statistics.mean(walls), "cpu_s": statistics.mean(cpus),
+            "steps_per_epoch": per_epoch, "epoch_wall_s": per_epoch * statistics.mean(walls),
+            "epoch_cpu_s": per_epoch * statistics.mean(cpus),
+            "batch": run["config"]["train_batch_size"], "width": run["config"]["MAX_ITEM_LIST_LENGTH"],
+            "rows": len(run["train"]._dataset),
+        }
+    return out
+
+
+def eval_overhead(run, rounds: int) -> dict:
+    """Process CPU seconds of RecBole's Trainer.evaluate vs CDSRTrainer.evaluate on the
+    test split (same model), interleaved; medians over ``rounds``."""
+    from recbole.trainer import Trainer
+
+    stock = Trainer(run["config"], run["model"])
+    ours = run["trainer"]
+    times = {"recbole": [], "cdsr": []}
+    for i in range(rounds + 1):
+        for name, trainer in (("recbole", stock), ("cdsr", ours)):
+            start = time.process_time()
+            trainer.evaluate(run["test"], load_best_model=False)
+            if i:
+                times[name].append(time.process_time() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"recbole_s": med["recbole"], "cdsr_s": med["cdsr"], "ratio": med["cdsr"] / med["recbole"],
+            "rows": len(run["test"]._dataset), "rounds": rounds}
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["SASRec", "GRU4Rec", "BERT4Rec"])
-    parser.add_argument("--scales", nargs="+", type=int, default=[1, 2, 4])
-    parser.add_argument("--users", type=int, default=4000)
-    parser.add_argument("--items", type=int, default=5000)
-    parser.add_argument("--seq_len", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=10)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(SETUPS))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--max_users", type=int, default=0, help="first K users only (0: all)")
+    parser.add_argument("--sasrec_variants", action="store_true",
+                        help="time SASRec stock / fused / buckets / both instead")
+    parser.add_argument("--dataset", default=None, help="dataset for --sasrec_variants")
+    parser.add_argument("--eval", type=int, default=0, metavar="ROUNDS",
+                        help="also time full-sort test evaluation, RecBole vs ours")
+    parser.add_argument("--config", type=json.loads, default={},
+                        help='JSON config keys for every run, e.g. \'{"train_batch_size": 256}\'')
+    parser.add_argument("--output", type=Path, default=None, help="markdown table")
     args = parser.parse_args(argv)
+    unknown = [m for m in args.models if m not in SETUPS]
+    if unknown:
+        parser.error(f"--models: no setup for {unknown}; known: {sorted(SETUPS)} (SETUPS in {__file__})")
     sys.argv = sys.argv[:1]  # RecBole's Config reads argv
-    models = ["SASRec"] + [m for m in args.models if m != "SASRec"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = matmul_peak(device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for scale in args.scales:
-            name = f"synth_s{scale}"
-            seq_len = args.seq_len * scale
-            write_synthetic(Path(tmp), name, args.users, args.items * scale, seq_len, seed=scale)
-            base = None
-            for model in models:
-                try:
-                    res = time_model(model, name, Path(tmp), seq_len, args.batch, args.device,
-                                     args.steps, args.warmup)
-                except Exception as err:  # noqa: BLE001 - a failing model is a row, not a crash
-                    rows.append({"scale": scale, "model": model, "error": f"{type(err).__name__}: {err}"})
-                    continue
-                base = res if model == "SASRec" else base
-                rows.append({"scale": scale, "model": model, **res, "base": base})
-                print(f"scale {scale} {model}: {res}", flush=True)
-    write_table(args, rows)
+        if args.sasrec_variants:
+            dataset = args.dataset or "beauty"
+            name, keys = prepare(dataset, args.max_users, Path(tmp))
+            keys.update(args.config)
+            runs = {}
+            for variant, (buckets, fused) in SASREC_VARIANTS.items():
+                runs[f"SASRec ({variant})"] = build(
+                    "SASRec", name, files(dataset, None), {**keys, "length_buckets": buckets},
+                    fused, shared=next(iter(runs.values()), None))
+            rows.append(report(runs, "SASRec (stock)", args, peak, dataset))
+        for model in [] if args.sasrec_variants else args.models:
+            dataset, experiment, extra = SETUPS[model]
+            name, keys = prepare(dataset, args.max_users, Path(tmp))
+            keys.update(args.config)
+            run = build(model, name, files(dataset, experiment), {**keys, **extra}, True)
+            runs = {model: run}
+            if model != "SASRec":
+                runs["SASRec"] = build("SASRec", name, files(dataset, None), {
+                    **keys, "train_batch_size": run["config"]["train_batch_size"],
+                    "MAX_ITEM_LIST_LENGTH": run["config"]["MAX_ITEM_LIST_LENGTH"]}, True)
+            rows.append(report(runs, "SASRec", args, peak, dataset))
+    write(args, rows, peak, device)
 
 
-def write_table(args, rows) -> None:
-    device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    lines = [f"# Speed: {', '.join(args.models)} vs SASRec", "",
-             f"Command: `python benchmarks/speed.py --models {' '.join(args.models)} --scales "
-             f"{' '.join(map(str, args.scales))} --users {args.users} --items {args.items} --seq_len "
-             f"{args.seq_len} --batch {args.batch} --steps {args.steps} --output={args.output}`", "",
-             f"Device: {device}; torch {torch.__version__}. Scale s: s x {args.items} items, "
-             f"s x {args.seq_len} sequence length, {args.users} users. Ratios are to SASRec at the "
-             "same scale, as time ratios (2.00 = takes twice SASRec's time).", "",
-             "| scale | model | train samples/s | s/epoch (synthetic) | train time / SASRec | eval users/s "
-             "| eval time / SASRec | peak GPU MiB |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['scale']} | {r['model']} | failed: {r['error'][:120]} | | | | | |")
-            continue
-        b = r["base"] or r
-        mem = f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] is not None else "–"
-        lines.append(
-            f"| {r['scale']} | {r['model']} | {r['train_samples_per_s']:.0f} | {r['s_per_epoch']:.1f} | "
-            f"{b['train_samples_per_s'] / r['train_samples_per_s']:.2f} | {r['eval_users_per_s']:.0f} | "
-            f"{b['eval_users_per_s'] / r['eval_users_per_s']:.2f} | {mem} |")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print(f"written {args.output}")
+def prepare(dataset: str, max_users: int, tmp: Path) -> tuple[str, dict]:
+    if not max_users:
+        return dataset, {}
+    name, root = slice_users(dataset, max_users, tmp)
+    return name, {"data_path": str(root)}
+
+
+def files(dataset: str, experiment: str | None) -> list[str]:
+    """The dataset yaml (the slice has another name) and the experiment yaml."""
+    yaml = PROPERTIES / "dataset" / f"{dataset}.yaml"
+    out = [str(yaml)] if yaml.is_file() else []
+    return out + ([str(PROPERTIES / "experiment" / experiment)] if experiment else [])
+
+
+def report(runs: dict, base: str, args, peak: float, dataset: str) -> dict:
+    result = {"dataset": dataset, "base": base, "runs": {}}
+    if args.eval:
+        result["eval"] = eval_overhead(next(iter(runs.values())), args.eval)
+    if not args.steps:
+        print(json.dumps(result), flush=True)
+        return result
+    timed = time_runs(runs, args.steps, args.warmup)
+    for name, run in runs.items():
+        gflop = step_gflop(run)
+        timed[name].update(gflop=gflop, gflops=gflop / timed[name]["wall_s"],
+                           peak_share=gflop / timed[name]["wall_s"] / peak)
+    result["runs"] = timed
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def write(args, rows: list, peak: float, device) -> None:
+    what = (torch.cuda.get_device_name(0) if device.type == "cuda"
+            else f"CPU, {torch.get_num_threads()} thread(s)")
+    command = "python benchmarks/speed.py " + " ".join(sys.orig_argv[2:] if hasattr(sys, "orig_argv") else [])
+    lines = [f"Command: `{command.strip()}`", "",
+             f"Device: {what}; torch {torch.__version__}; measured matmul peak {peak:.1f} GFLOP/s. "
+             f"Means over {args.steps} steps after {args.warmup} warm-up steps, steps alternating "
+             "between the rows of one table.", "",
+             "| dataset | model | batch x width | CPU s/step | wall s/step | steps/epoch | CPU s/epoch "
+             "| wall s/epoch | epoch / base (CPU) | GFLOP/step | GFLOP/s (% peak) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        base = row["runs"].get(row["base"])
+        for name, r in row["runs"].items():
+            lines.append(
+                f"| {row['dataset']} | {name} | {r['batch']} x {r['width']} | {r['cpu_s']:.3f} | "
+                f"{r['wall_s']:.3f} | {r['steps_per_epoch']} | {r['epoch_cpu_s']:.0f} | "
+                f"{r['epoch_wall_s']:.0f} | {r['epoch_cpu_s'] / base['epoch_cpu_s']:.2f} | "
+                f"{r['gflop']:.1f} | {r['gflops']:.1f} ({100 * r['peak_share']:.0f}%) |")
+    evals = [r for r in rows if "eval" in r]
+    if evals:
+        lines += ["", "| dataset | test rows | RecBole evaluate CPU s | ours CPU s | ratio |", "|---|---|---|---|---|"]
+        for row in evals:
+            e = row["eval"]
+            lines.append(f"| {row['dataset']} | {e['rows']} | {e['recbole_s']:.3f} | {e['cdsr_s']:.3f} | "
+                         f"{e['ratio']:.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
 
 
 if __name__ == "__main__":
