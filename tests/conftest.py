@@ -76,3 +76,24 @@ def tiny_config(tiny_path, **overrides):
     }
     config.update(overrides)
     return config
+
+
+LEARN_USERS = 300  # users in the learning slice (tests/learning.py)
+
+
+@pytest.fixture(scope="session")
+def learn_slice(tiny_path):
+    """(root, name): the first LEARN_USERS users of ml100k_genre, for ``test_*learn*``."""
+    from learning import make_user_slice
+
+    name = f"ml100k_first{LEARN_USERS}"
+    make_user_slice(tiny_path, tiny_path, name, LEARN_USERS)
+    return tiny_path, name
+
+
+@pytest.fixture(scope="session")
+def learn_pop(learn_slice):
+    """Valid metrics of RecBole's Pop on the learning slice: the floor every model must beat."""
+    from learning import popularity
+
+    return popularity(*learn_slice)

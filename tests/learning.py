@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import itertools
 
-import pandas as pd
 import torch
 
 from recbole_cdsr.config import Config
 from recbole_cdsr.data.dataset import CDSRDataset
+from recbole_cdsr.data.slice import write_user_slice
 from recbole_cdsr.quick_start import build
 from recbole_cdsr.utils import get_trainer
 
@@ -49,17 +49,7 @@ SMALL = dict(
 
 def make_user_slice(root, source_root, name: str, n_users: int) -> None:
     """Writes ``<root>/<name>/``: the first ``n_users`` users of ``ml100k_genre``."""
-    src = source_root / "ml100k_genre"
-    inter = pd.read_csv(src / "ml100k_genre.inter", sep="\t", dtype=str)
-    users = sorted(inter["user_id:token"].unique(), key=int)[:n_users]
-    inter = inter[inter["user_id:token"].isin(users)]
-    items = pd.read_csv(src / "ml100k_genre.item", sep="\t", dtype=str)
-    user = pd.read_csv(src / "ml100k_genre.user", sep="\t", dtype=str)
-    out = root / name
-    out.mkdir(parents=True, exist_ok=True)
-    inter.to_csv(out / f"{name}.inter", sep="\t", index=False)
-    items.to_csv(out / f"{name}.item", sep="\t", index=False)
-    user[user["user_id:token"].isin(users)].to_csv(out / f"{name}.user", sep="\t", index=False)
+    write_user_slice(source_root / "ml100k_genre", root, name, n_users)
 
 
 def slice_config(root, **overrides) -> dict:
@@ -76,20 +66,16 @@ def slice_config(root, **overrides) -> dict:
     return config
 
 
-class _StepCapped:
-    """Mixin for a train loader: each epoch yields at most ``step_cap`` batches."""
-
-    step_cap: int
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.step_cap)
-
-
 def _cap(loader, steps_per_epoch: int | None):
+    """Makes ``loader`` yield at most ``steps_per_epoch`` batches per epoch (in place)."""
     if steps_per_epoch is None:
         return loader
-    loader.__class__ = type(f"Capped{type(loader).__name__}", (_StepCapped, type(loader)), {})
-    loader.step_cap = steps_per_epoch
+    base = type(loader)
+
+    def capped_iter(self):
+        return itertools.islice(base.__iter__(self), steps_per_epoch)
+
+    loader.__class__ = type(f"Capped{base.__name__}", (base,), {"__iter__": capped_iter})
     return loader
 
 
@@ -121,15 +107,19 @@ def popularity(root, dataset: str) -> dict:
     return learn("Pop", root, dataset, epochs=1)["valid"]
 
 
-@torch.no_grad()
 def overfit_hit(model: str, root, dataset: str, epochs: int, k: int = 10, **overrides) -> float:
     """HR@k (within the target's domain) on the slice's own training targets after training.
 
     The rows are RecBole's SequentialDataset training rows (every prefix of every user), read
     with ``full_sort_predict`` as evaluation reads them.
     """
-    config, trainer, _, _ = train(model, root, dataset, epochs, **overrides)
-    net = trainer.model.eval()
+    with torch.enable_grad():  # training needs autograd; only the read-out is no_grad
+        config, trainer, _, _ = train(model, root, dataset, epochs, **overrides)
+    return _train_hit(config, trainer.model.eval(), k)
+
+
+@torch.no_grad()
+def _train_hit(config, net, k: int) -> float:
     rows = CDSRDataset(config).build()[0]
     item_domain = rows.item_domain.to(config["device"])
     inter = rows.inter_feat

@@ -59,6 +59,7 @@ LOSS_TYPES = ("BCE", "CE")
 TRAIN_SAMPLINGS = ("last", "all_prefix")
 CLUSTER_INITS = ("kmeans", "normal")
 EVAL_EXPERTS = ("A", "B", "fused")
+CL_SIMILARITIES = ("dot", "cos")
 EXPERT_NAMES = ("A", "B")
 MAX_LENGTH_ID = 512  # official controller length vocabulary: 513 rows, lengths clamped at 512
 ATTENTION_FILL = -10000.0  # official additive mask value (not -inf: pad rows stay finite)
@@ -140,12 +141,19 @@ def random_views(x: torch.Tensor, crop: float, mask: float, reorder: float) -> t
     return torch.where(method == 2, reorder_view(x, n, reorder), out)
 
 
-def nce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float, intent_ids=None) -> torch.Tensor:
+def nce_loss(
+    a: torch.Tensor, b: torch.Tensor, temperature: float, intent_ids=None, similarity: str = "dot"
+) -> torch.Tensor:
     """ICLRec NCELoss over 2B rows; row i targets a_i.b_i, row B+i targets b_i.a_i.
 
     Without ``intent_ids`` the self-similarities are excluded; with them every same-intent
-    pair is excluded, except the positive (false-negative masking).
+    pair is excluded, except the positive (false-negative masking). ``similarity='dot'``
+    (official) scores raw dot products, whose scale grows with the width of ``a`` (flattened
+    [L*H] rows give logits in the hundreds at initialisation); ``'cos'`` normalises the rows
+    first, so every logit lies in [-1/temperature, 1/temperature].
     """
+    if similarity == "cos":
+        a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     sim_aa = a @ a.T / temperature
     sim_bb = b @ b.T / temperature
     sim_ab = a @ b.T / temperature
@@ -313,6 +321,7 @@ class ADARec(SequentialRecommender):
         self.train_sampling = check_choice(config, "train_sampling", TRAIN_SAMPLINGS, "ADARec")
         self.cluster_init = check_choice(config, "cluster_init", CLUSTER_INITS, "ADARec")
         self.eval_expert = check_choice(config, "eval_expert", EVAL_EXPERTS, "ADARec")
+        self.cl_similarity = check_choice(config, "cl_similarity", CL_SIMILARITIES, "ADARec")
         self.internal_len = config["internal_len"] or self.max_seq_length
         if self.internal_len < self.max_seq_length:
             raise ValueError(
@@ -462,12 +471,16 @@ class ADARec(SequentialRecommender):
             batch = x.size(0)
             inst_out, intent_out = view_out[0], view_out[-1]
             flat = self._flatten(inst_out, views)
-            inst = nce_loss(flat[:batch], flat[batch:], self.cl_temperature)
+            inst = nce_loss(
+                flat[:batch], flat[batch:], self.cl_temperature, similarity=self.cl_similarity
+            )
             intents = expert.cluster_centers[assign]
             pooled = self._pool(intent_out, views)
             intent = 0.5 * (
-                nce_loss(pooled[:batch], intents, self.cl_temperature, assign)
-                + nce_loss(pooled[batch:], intents, self.cl_temperature, assign)
+                nce_loss(pooled[:batch], intents, self.cl_temperature, assign,
+                         similarity=self.cl_similarity)
+                + nce_loss(pooled[batch:], intents, self.cl_temperature, assign,
+                           similarity=self.cl_similarity)
             )
         return [
             rec,
