@@ -14,8 +14,9 @@ and MAX_ITEM_LIST_LENGTH, and its steps alternate with the model's (same machine
 Reported per model and per SASRec: process CPU seconds and wall seconds per step
 (mean over ``--steps`` steps after ``--warmup``), per epoch (steps per epoch x mean
 step; the batches are the loader's first ones, in its shuffled order), the ratio to
-SASRec, the matmul GFLOP per step (torch.utils.flop_counter, forward + backward) and
-the achieved GFLOP/s against a measured single-process float32 matmul peak.
+SASRec (per step and per epoch), the matmul GFLOP per step (torch.utils.flop_counter,
+forward + backward, counted again on the first three timed batches) and the achieved
+GFLOP/s (those FLOPs over those steps' wall time) against a measured float32 matmul peak.
 
 ``--sasrec_variants`` times SASRec four ways on one dataset instead: stock (RecBole's
 loader, RecBole's erf GELU and dropout), fused layers only, length buckets only, both
@@ -61,6 +62,7 @@ SETUPS = {
                 {"text_encoder": "hashing-384", "pretrain_epochs": 1}),
     "SeeDRec": ("home", "SeeDRec-home.yaml", {}),
 }
+FLOP_STEPS = 3  # timed steps whose FLOPs are counted (again, untimed) for GFLOP/s
 SASREC_VARIANTS = {  # name -> (length_buckets, fused layers)
     "stock": (False, False),
     "fused": (False, True),
@@ -75,11 +77,14 @@ def slice_users(dataset: str, max_users: int, root: Path) -> tuple[str, Path]:
     Returns:
         (new dataset name, new data_path root).
     """
+    from recbole_cdsr.data.registry import DATASETS, prepare_dataset
+    from recbole_cdsr.data.sources import RawSource
+
     src = default_data_path() / dataset
+    if dataset in DATASETS:  # converted on first use, as a run would
+        prepare_dataset(dataset, src.parent, RawSource())
     if not src.is_dir():
-        raise FileNotFoundError(
-            f"{src} is missing: convert it first (python -m recbole_cdsr.data.registry {dataset})"
-        )
+        raise FileNotFoundError(f"{src} is missing: no atomic files for dataset {dataset!r}")
     name = f"{dataset}_u{max_users}"
     out = root / name
     out.mkdir(parents=True)
@@ -162,13 +167,12 @@ def step(run, batch) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def step_gflop(run, steps: int = 3) -> float:
-    """Matmul GFLOP of a training step (forward + backward), mean over ``steps`` next
-    batches (bucketed batches differ in width)."""
+def step_gflop(run, batches: list) -> float:
+    """Matmul GFLOP of a training step (forward + backward), mean over ``batches``."""
     with FlopCounterMode(display=False) as counter:
-        for _ in range(steps):
-            step(run, next_batch(run))
-    return counter.get_total_flops() / 1e9 / steps
+        for batch in batches:
+            step(run, batch)
+    return counter.get_total_flops() / 1e9 / len(batches)
 
 
 def matmul_peak(device, size: int = 2048, repeats: int = 5) -> float:
@@ -191,19 +195,26 @@ def time_runs(runs: dict, steps: int, warmup: int) -> dict:
     times = {name: [] for name in runs}
     for i in range(warmup + steps):
         for name, run in runs.items():
-            measured = step(run, next_batch(run))
+            batch = next_batch(run)
+            measured = step(run, batch)
             if i >= warmup:
                 times[name].append(measured)
+                if len(run.setdefault("flop_batches", [])) < FLOP_STEPS:
+                    run["flop_batches"].append(batch)
     out = {}
     for name, run in runs.items():
         walls, cpus = zip(*times[name])
+        # GFLOP/s from the same batches' FLOPs and wall time (bucketed widths differ)
+        gflop = step_gflop(run, run["flop_batches"])
+        flop_wall = sum(walls[: len(run["flop_batches"])])
         per_epoch = len(run["train"])
         out[name] = {
             "wall_s": statistics.mean(walls), "cpu_s": statistics.mean(cpus),
             "steps_per_epoch": per_epoch, "epoch_wall_s": per_epoch * statistics.mean(walls),
             "epoch_cpu_s": per_epoch * statistics.mean(cpus),
             "batch": run["config"]["train_batch_size"], "width": run["config"]["MAX_ITEM_LIST_LENGTH"],
-            "rows": len(run["train"]._dataset),
+            "rows": len(run["train"]._dataset), "gflop": gflop,
+            "gflops": gflop * len(run["flop_batches"]) / flop_wall,
         }
     return out
 
@@ -238,10 +249,13 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset", default=None, help="dataset for --sasrec_variants")
     parser.add_argument("--eval", type=int, default=0, metavar="ROUNDS",
                         help="also time full-sort test evaluation, RecBole vs ours")
+    parser.add_argument("--same_width", action="store_true",
+                        help="give SASRec the model's hidden_size and inner_size too")
     parser.add_argument("--config", type=json.loads, default={},
                         help='JSON config keys for every run, e.g. \'{"train_batch_size": 256}\'')
     parser.add_argument("--output", type=Path, default=None, help="markdown table")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     unknown = [m for m in args.models if m not in SETUPS]
     if unknown:
         parser.error(f"--models: no setup for {unknown}; known: {sorted(SETUPS)} (SETUPS in {__file__})")
@@ -267,9 +281,10 @@ def main(argv=None) -> None:
             run = build(model, name, files(dataset, experiment), {**keys, **extra}, True)
             runs = {model: run}
             if model != "SASRec":
+                matched = ["train_batch_size", "MAX_ITEM_LIST_LENGTH"]
+                matched += ["hidden_size", "inner_size"] if args.same_width else []
                 runs["SASRec"] = build("SASRec", name, files(dataset, None), {
-                    **keys, "train_batch_size": run["config"]["train_batch_size"],
-                    "MAX_ITEM_LIST_LENGTH": run["config"]["MAX_ITEM_LIST_LENGTH"]}, True)
+                    **keys, **{k: run["config"][k] for k in matched if run["config"][k]}}, True)
             rows.append(report(runs, "SASRec", args, peak, dataset))
     write(args, rows, peak, device)
 
@@ -296,10 +311,8 @@ def report(runs: dict, base: str, args, peak: float, dataset: str) -> dict:
         print(json.dumps(result), flush=True)
         return result
     timed = time_runs(runs, args.steps, args.warmup)
-    for name, run in runs.items():
-        gflop = step_gflop(run)
-        timed[name].update(gflop=gflop, gflops=gflop / timed[name]["wall_s"],
-                           peak_share=gflop / timed[name]["wall_s"] / peak)
+    for name in runs:
+        timed[name]["peak_share"] = timed[name]["gflops"] / peak
     result["runs"] = timed
     print(json.dumps(result), flush=True)
     return result
@@ -308,21 +321,22 @@ def report(runs: dict, base: str, args, peak: float, dataset: str) -> dict:
 def write(args, rows: list, peak: float, device) -> None:
     what = (torch.cuda.get_device_name(0) if device.type == "cuda"
             else f"CPU, {torch.get_num_threads()} thread(s)")
-    command = "python benchmarks/speed.py " + " ".join(sys.orig_argv[2:] if hasattr(sys, "orig_argv") else [])
+    command = "python benchmarks/speed.py " + " ".join(args.argv)
     lines = [f"Command: `{command.strip()}`", "",
              f"Device: {what}; torch {torch.__version__}; measured matmul peak {peak:.1f} GFLOP/s. "
              f"Means over {args.steps} steps after {args.warmup} warm-up steps, steps alternating "
              "between the rows of one table.", "",
              "| dataset | model | batch x width | CPU s/step | wall s/step | steps/epoch | CPU s/epoch "
-             "| wall s/epoch | epoch / base (CPU) | GFLOP/step | GFLOP/s (% peak) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| wall s/epoch | step / base (CPU) | epoch / base (CPU) | GFLOP/step | GFLOP/s (% peak) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         base = row["runs"].get(row["base"])
         for name, r in row["runs"].items():
             lines.append(
                 f"| {row['dataset']} | {name} | {r['batch']} x {r['width']} | {r['cpu_s']:.3f} | "
                 f"{r['wall_s']:.3f} | {r['steps_per_epoch']} | {r['epoch_cpu_s']:.0f} | "
-                f"{r['epoch_wall_s']:.0f} | {r['epoch_cpu_s'] / base['epoch_cpu_s']:.2f} | "
+                f"{r['epoch_wall_s']:.0f} | {r['cpu_s'] / base['cpu_s']:.2f} | "
+                f"{r['epoch_cpu_s'] / base['epoch_cpu_s']:.2f} | "
                 f"{r['gflop']:.1f} | {r['gflops']:.1f} ({100 * r['peak_share']:.0f}%) |")
     evals = [r for r in rows if "eval" in r]
     if evals:

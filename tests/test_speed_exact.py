@@ -232,3 +232,38 @@ def test_domain_mask_table_gives_the_old_mask_metrics(tiny_path, monkeypatch):
     monkeypatch.setattr(CDSRTrainer, "_full_sort_batch_eval", _old_domain_mask_eval)
     assert trainer.evaluate(test, load_best_model=False) == new
     assert new["drama/n"] + new["other/n"] == new["n"] > 0
+
+
+def test_speed_benchmark_runs_sasrec_variants_on_a_user_slice(tiny_path, monkeypatch, tmp_path):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    monkeypatch.setenv("RECBOLE_CDSR_DATA", str(tiny_path))
+    name, root = speed.slice_users("tiny", 7, tmp_path / "slice")
+    import pandas as pd
+
+    inter = pd.read_csv(root / name / f"{name}.inter", sep="\t")
+    assert name == "tiny_u7" and inter["user_id:token"].nunique() == 7
+    assert (root / name / f"{name}.item").is_file()
+    out = tmp_path / "speed.md"
+    small = tiny_config(tiny_path, train_batch_size=32)
+    small.pop("data_path")
+    speed.main(["--sasrec_variants", "--dataset", "ml100k_genre", "--max_users", "20",
+                "--steps", "1", "--warmup", "0", "--eval", "1", "--config", json_dumps(small),
+                "--output", str(out)])
+    text = out.read_text()
+    assert "`python benchmarks/speed.py --sasrec_variants --dataset ml100k_genre" in text
+    for variant in speed.SASREC_VARIANTS:
+        assert f"| ml100k_genre | SASRec ({variant}) | 32 x 10 |" in text
+    assert "| ml100k_genre | SASRec (stock) | 32 x 10 |" in text and "| 1.00 |" in text
+    assert "RecBole evaluate CPU s" in text
+
+
+def json_dumps(value) -> str:
+    import json
+
+    return json.dumps(value)
