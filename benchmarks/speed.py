@@ -72,7 +72,8 @@ SASREC_VARIANTS = {  # name -> (length_buckets, fused layers)
 
 
 def slice_users(dataset: str, max_users: int, root: Path) -> tuple[str, Path]:
-    """Copies ``dataset``'s atomic folder keeping the first ``max_users`` users.
+    """Copies ``dataset``'s atomic folder keeping the first ``max_users`` users of each
+    ``.inter`` file.
 
     Returns:
         (new dataset name, new data_path root).
@@ -89,12 +90,10 @@ def slice_users(dataset: str, max_users: int, root: Path) -> tuple[str, Path]:
     out = root / name
     out.mkdir(parents=True)
     inters = sorted(src.glob(f"{dataset}*.inter"))
-    keep = None
-    for path in inters:
+    for path in inters:  # per file: user-level splits have disjoint train/test users
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
         user = next(c for c in frame.columns if c.startswith("user_id:"))
-        if keep is None:
-            keep = set(pd.unique(frame[user])[:max_users])
+        keep = set(pd.unique(frame[user])[:max_users])
         frame[frame[user].isin(keep)].to_csv(out / path.name.replace(dataset, name, 1),
                                             sep="\t", index=False)
     for path in src.iterdir():
