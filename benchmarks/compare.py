@@ -71,6 +71,8 @@ def prepare(args) -> tuple[str, str, list[str]]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    command = "python benchmarks/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from argv: ours are not config
     name, data_path, files = prepare(args)
     common = parse_literal(args.config)
     per_model = parse_literal(args.model_config)
@@ -99,10 +101,10 @@ def main(argv=None) -> None:
                 best = run
         rows.append({**best, "search_cpu_s": round(cpu_seconds() - cpu0, 1),
                      "search_wall_s": round(time.time() - wall0, 1), "n_settings": len(grid)})
-        write(args, name, files, common, per_model, runs, rows)
+        write(args, command, name, files, common, per_model, runs, rows)
 
 
-def write(args, name, files, common, per_model, runs, rows) -> None:
+def write(args, command, name, files, common, per_model, runs, rows) -> None:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"runs": runs, "rows": rows}, indent=1) + "\n")
@@ -120,7 +122,6 @@ def write(args, name, files, common, per_model, runs, rows) -> None:
                          f"{part.get('ndcg@10', float('nan')):.4f}")
         cells += [str(row["search_cpu_s"]), str(row["search_wall_s"])]
         lines.append("| " + " | ".join(cells) + " |")
-    command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
     text = (f"Dataset `{name}`; test metrics of each model's best setting by validation; "
             f"config files {[Path(f).name for f in files]}, common config {common}, per-model "
             f"{per_model}.\n\n" + "\n".join(lines) + f"\n\nCommand: `{command}`\n")

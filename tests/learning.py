@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 
 from recbole_cdsr.config import Config
@@ -108,10 +109,8 @@ def popularity(root, dataset: str) -> dict:
 
 
 def overfit_hit(model: str, root, dataset: str, epochs: int, k: int = 10, **overrides) -> float:
-    """HR@k (within the target's domain) on the slice's own training targets after training.
-
-    The rows are RecBole's SequentialDataset training rows (every prefix of every user), read
-    with ``full_sort_predict`` as evaluation reads them.
+    """HR@k (within the target's domain) on the slice's own training targets after training:
+    each user's last training target, read with ``full_sort_predict`` as evaluation reads it.
     """
     with torch.enable_grad():  # training needs autograd; only the read-out is no_grad
         config, trainer, _, _ = train(model, root, dataset, epochs, **overrides)
@@ -122,7 +121,15 @@ def overfit_hit(model: str, root, dataset: str, epochs: int, k: int = 10, **over
 def _train_hit(config, net, k: int) -> float:
     rows = CDSRDataset(config).build()[0]
     item_domain = rows.item_domain.to(config["device"])
-    inter = rows.inter_feat
+    # Each user's last training row (history = all training items but the last, which is the
+    # target): the one row every training scheme fits in the layout evaluation reads
+    # (one-row-per-user models train the earlier targets at other absolute positions).
+    users = rows.inter_feat[rows.uid_field]
+    lengths = rows.inter_feat[rows.item_list_length_field]
+    order = torch.from_numpy(np.lexsort((lengths.numpy(), users.numpy())))
+    last = torch.ones(len(order), dtype=torch.bool)
+    last[:-1] = users[order][1:] != users[order][:-1]
+    inter = rows.inter_feat[order[last]]
     hits, n = 0, len(inter)
     for start in range(0, n, 512):
         batch = inter[start:start + 512].to(config["device"])

@@ -631,12 +631,13 @@ def test_adarec_official_loss_recipe_does_not_learn(learn_slice, learn_pop,
 
 
 def test_adarec_overfits_100_users(tiny_path):
-    from learning import make_user_slice, overfit_hit, popularity
+    # Measured: 0.93 (official loss recipe: 0.23; Pop 0.13; SASRec after 8 epochs 0.46).
+    from learning import make_user_slice, overfit_hit
 
     make_user_slice(tiny_path, tiny_path, "ml100k_first100", 100)
     train_hit = overfit_hit(
         "ADARec", tiny_path, "ml100k_first100", epochs=100, hidden_dropout_prob=0.0,
         attn_dropout_prob=0.0, train_batch_size=100, **ADA_LEARN,
     )
-    pop_valid = popularity(tiny_path, "ml100k_first100")["mean/hit@10"]
-    assert train_hit > 0.3 and train_hit > 3 * pop_valid, (train_hit, pop_valid)
+    pop_hit = overfit_hit("Pop", tiny_path, "ml100k_first100", epochs=1)
+    assert train_hit > 0.6 and train_hit > 4 * pop_hit, (train_hit, pop_hit)
