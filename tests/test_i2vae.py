@@ -419,22 +419,20 @@ LEARN_USERS, LEARN_EPOCHS, FIT_USERS, FIT_EPOCHS = 150, 3, 60, 5
 LEARN_SIZE = {"latent_size": 32, "psg_epochs": 10, "psg_embedding_size": 32}
 
 
-def _harness(tmp_path_factory, name: str, n_users: int):
+def _harness(tmp_path_factory, source_root, name: str, n_users: int):
     """(learning module, slice root) with the first ``n_users`` users as ``name``."""
     import learning
 
-    from conftest import REPO
-
     root = tmp_path_factory.mktemp(f"i2vae_{name}")
-    learning.make_user_slice(root, REPO / "atomic_data", name, n_users)
+    learning.make_user_slice(root, source_root, name, n_users)
     return learning, root
 
 
 @pytest.fixture(scope="module")
-def learned(tmp_path_factory):
+def learned(tmp_path_factory, tiny_path):
     """Pop, SASRec and I2VAE (package defaults at the harness size: hidden 32, latent 32,
     batch 128) on the harness slice, LEARN_EPOCHS full epochs each."""
-    learning, root = _harness(tmp_path_factory, "learn", LEARN_USERS)
+    learning, root = _harness(tmp_path_factory, tiny_path, "learn", LEARN_USERS)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("sys.argv", ["pytest"])
         mp.chdir(root)
@@ -462,10 +460,10 @@ def test_defaults_learn_above_popularity_and_near_sasrec(learned):
     "known limitation, docs/results/i2vae.md: I2VAE does not memorise the prefix rows of "
     "60 users at this budget (HR@10 on training targets 0.071 vs Pop 0.084 after 5 "
     "epochs; 0.076 with dropout and noise off at lr 3e-3 after 8 epochs)"))
-def test_defaults_overfit_users_learn(tmp_path_factory):
+def test_defaults_overfit_users_learn(tmp_path_factory, tiny_path):
     """HR@10 on the training targets of FIT_USERS users after FIT_EPOCHS epochs: at least
     1.5 x Pop's (strict xfail: passes the day I2VAE can overfit)."""
-    learning, root = _harness(tmp_path_factory, "fit", FIT_USERS)
+    learning, root = _harness(tmp_path_factory, tiny_path, "fit", FIT_USERS)
     # tests/learning.py's overfit_hit runs training under its own @torch.no_grad; train
     # with gradients (the undecorated function), read the scores the same way
     overfit_hit = getattr(learning.overfit_hit, "__wrapped__", learning.overfit_hit)

@@ -479,13 +479,13 @@ LEARN_USERS, LEARN_EPOCHS, FIT_EPOCHS = 150, 5, 8
 LEARN_STAGES = {"text_encoder": "hashing-32", "pretrain_epochs": 1, "pretrain_eval_negatives": 99}
 
 
-def learning_slice(root, name: str, n_users: int) -> None:
+def learning_slice(root, source_root, name: str, n_users: int) -> None:
     """The harness slice of ml100k_genre (first ``n_users`` users) with titles; users with
     id = 1 (mod 5) keep only drama items and id = 2 (mod 5) only other items, so that
     LLMCDSR has single-domain users to generate for (about 40%)."""
     from learning import make_user_slice
 
-    make_user_slice(root, REPO / "atomic_data", name, n_users)
+    make_user_slice(root, source_root, name, n_users)
     out = root / name
     inter = pd.read_csv(out / f"{name}.inter", sep="\t", dtype=str)
     items = pd.read_csv(out / f"{name}.item", sep="\t", dtype=str)
@@ -494,12 +494,12 @@ def learning_slice(root, name: str, n_users: int) -> None:
     uid = inter["user_id:token"].astype(int)
     drop = ((uid % 5 == 1) & (domain != "drama")) | ((uid % 5 == 2) & (domain != "other"))
     inter[~drop].to_csv(out / f"{name}.inter", sep="\t", index=False)
-    shutil.copy(REPO / "atomic_data" / "ml100k_genre" / "ml100k_genre.item_text.jsonl",
+    shutil.copy(source_root / "ml100k_genre" / "ml100k_genre.item_text.jsonl",
                 out / f"{name}.item_text.jsonl")
 
 
 @pytest.fixture(scope="module")
-def learned(tmp_path_factory):
+def learned(tmp_path_factory, tiny_path):
     """Pop, SASRec and LLMCDSR (package defaults) trained once on the learning slice."""
     from learning import learn, overfit_hit, popularity
 
@@ -511,8 +511,8 @@ def learned(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["pytest"])
         mp.chdir(root)
-        learning_slice(root, "learn", LEARN_USERS)
-        learning_slice(root, "fit", 100)
+        learning_slice(root, tiny_path, "learn", LEARN_USERS)
+        learning_slice(root, tiny_path, "fit", 100)
         out = {
             "pop": popularity(root, "learn")["mean/hit@10"],
             "sasrec": learn("SASRec", root, "learn", LEARN_EPOCHS)["valid"]["mean/hit@10"],
