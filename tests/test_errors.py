@@ -112,8 +112,8 @@ def test_unreachable_url_names_file(tmp_path, monkeypatch):
         raise urllib.error.URLError("no route")
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.delenv("RECBOLE_CDSR_MIRROR", raising=False)  # before the source reads it
     source = RawSource(None, cache=tmp_path / "cache")
-    monkeypatch.delenv("RECBOLE_CDSR_MIRROR", raising=False)
     with pytest.raises(RawFileError, match=r"could not download syncrec/voca_type\.txt"):
         source("syncrec/voca_type.txt")
     assert not (tmp_path / "cache" / "syncrec" / "voca_type.txt").exists()
