@@ -49,7 +49,10 @@ def import_recbole_sequential_models() -> None:
 # replacements compute the same functions: torch's erf GELU (F.gelu, approximate
 # "none"), and a dropout that keeps each element with probability 1 - p (a uniform
 # draw >= p) and scales kept ones by 1 / (1 - p), as torch's does; only the random
-# stream differs. tests/test_speed_exact.py checks both. Off: use_fused_layers(False).
+# stream differs. tests/test_speed_exact.py checks both. Importing recbole_cdsr changes
+# nothing in torch: ``quick_start.build`` (every run, tuning trial and reload) installs
+# them when the config's ``fused_layers`` is True (default); use_fused_layers(False)
+# removes them.
 import torch  # noqa: E402
 from recbole.model import layers as _recbole_layers  # noqa: E402
 
@@ -80,5 +83,3 @@ def use_fused_layers(enabled: bool = True) -> None:
     _recbole_layers.FeedForward.gelu = _fused_gelu if enabled else _STOCK["gelu"]
     torch.nn.Dropout.forward = _uniform_mask_dropout if enabled else _STOCK["dropout"]
 
-
-use_fused_layers(True)

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from recbole.utils import init_logger, init_seed
 
 from recbole_cdsr.checks import check_config, check_dataset, check_splits, strict_json_value
+from recbole_cdsr._compat import use_fused_layers
 from recbole_cdsr.config import Config, checkpoint_loading
 from recbole_cdsr.utils import create_dataset, data_preparation, get_model, get_trainer
 
@@ -156,6 +157,7 @@ def build(config, check=None, check_dataset=None):
     """
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    use_fused_layers(bool(config["fused_layers"]))  # before any model is built
     logger.info(sys.argv)
     logger.info(config)
     if check is not None:

@@ -144,8 +144,9 @@ def test_fused_gelu_is_recbole_erf_gelu():
 
     from recbole_cdsr import _compat
 
+    _compat.use_fused_layers(True)  # what every run's build does (fused_layers: True)
     layer = FeedForward(8, 16, 0.0, "gelu", 1e-12)
-    assert layer.intermediate_act_fn.__func__ is _compat._fused_gelu  # installed at import
+    assert layer.intermediate_act_fn.__func__ is _compat._fused_gelu
     x = torch.linspace(-8, 8, 4001, dtype=torch.float64).requires_grad_()
     ours, stock = _compat._fused_gelu(None, x), _compat._STOCK["gelu"](None, x)
     assert torch.allclose(ours, stock, rtol=1e-12, atol=1e-14)
@@ -160,6 +161,7 @@ def test_fused_gelu_is_recbole_erf_gelu():
 def test_fused_dropout_keeps_torch_dropout_distribution(p):
     from recbole_cdsr import _compat
 
+    _compat.use_fused_layers(True)
     drop = torch.nn.Dropout(p)
     assert type(drop).forward is _compat._uniform_mask_dropout
     torch.manual_seed(0)
@@ -267,3 +269,15 @@ def json_dumps(value) -> str:
     import json
 
     return json.dumps(value)
+
+
+def test_import_leaves_torch_and_recbole_layers_alone():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from recbole.model import layers; f = torch.nn.Dropout.forward; "
+        "g = layers.FeedForward.gelu; import recbole_cdsr.quick_start; "
+        "assert torch.nn.Dropout.forward is f and layers.FeedForward.gelu is g"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
