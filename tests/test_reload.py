@@ -88,13 +88,12 @@ def test_checkpoint_holds_the_config_as_plain_data(trained):
     }
 
 
-def _sasrec(request):
-    if request.node.callspec.params["trained"] != "SASRec":
-        pytest.skip("checked once, on the SASRec checkpoint")
+# Checked once, on the SASRec checkpoint (the same training run as the SASRec case above).
+SASREC_ONLY = pytest.mark.parametrize("trained", ["SASRec"], indirect=True)
 
 
-def test_recbole_own_loader_refuses_with_a_message_naming_ours(trained, request, monkeypatch):
-    _sasrec(request)
+@SASREC_ONLY
+def test_recbole_own_loader_refuses_with_a_message_naming_ours(trained, monkeypatch):
     _, result, work = trained
     from recbole.quick_start import load_data_and_model as recbole_load
 
@@ -108,8 +107,8 @@ def test_recbole_own_loader_refuses_with_a_message_naming_ours(trained, request,
         recbole_load(result["saved_model_file"])
 
 
-def test_trainer_resumes_from_a_checkpoint_with_weights_only(trained, request, monkeypatch):
-    _sasrec(request)
+@SASREC_ONLY
+def test_trainer_resumes_from_a_checkpoint_with_weights_only(trained, monkeypatch):
     _, result, work = trained
     monkeypatch.chdir(work)
     config, model, _, _, _, _ = load_data_and_model(result["saved_model_file"])
