@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+from recbole.data.dataloader import TrainDataLoader as RecBoleTrainLoader
 
 from recbole_cdsr.config import Config
 from recbole_cdsr.data.bucketing import (
@@ -281,3 +282,45 @@ def test_import_leaves_torch_and_recbole_layers_alone():
         "assert torch.nn.Dropout.forward is f and layers.FeedForward.gelu is g"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ADARec declares length_invariant by settings: with pads read by neither the poolings
+# nor the controller (both switches False), a cut batch trains exactly as the full one
+ADAREC_KEYS = {
+    "pool_include_padding": False, "controller_include_padding": False,
+    "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0, "n_intent_clusters": 4,
+}
+
+
+@pytest.mark.parametrize("controller_pads", [False, True])
+def test_adarec_padding_free_training_is_exact_at_any_width(tiny_path, controller_pads):
+    config, train, _ = build(
+        tiny_path, "ADARec", **{**ADAREC_KEYS, "controller_include_padding": controller_pads}
+    )
+    assert isinstance(train, LengthBucketTrainDataLoader) is not controller_pads
+    # tiny's users all have long histories: shorten 40 rows to 1..9 items (width 20)
+    batch = RecBoleTrainLoader.collate_fn(train, list(range(40)))
+    short = torch.randint(1, 10, (40,), generator=torch.Generator().manual_seed(0))
+    short[0] = 9
+    batch["item_length"] = short
+    batch["item_id_list"] = batch["item_id_list"] * (torch.arange(WIDTH) < short.unsqueeze(1))
+    torch.manual_seed(1)
+    model = get_model("ADARec")(config, train._dataset).train()
+    assert model.padding_free is not controller_pads
+    model.padding_free = False  # left-padded to the full width 20
+    assert model._inputs(batch, cut=model.padding_free)[0].shape[1] == WIDTH
+    loss_full, grads_full = loss_and_grads(model, batch)
+    model.padding_free = True  # cut to the longest row (9), even where that is not exact
+    assert model._inputs(batch, cut=model.padding_free)[0].shape[1] == 9
+    loss_cut, grads_cut = loss_and_grads(model, batch)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    same = {  # tolerance relative to each gradient's scale (controller ~1e-5; key bias ~0)
+        name: torch.allclose(g_full, g_cut, rtol=1e-4,
+                             atol=1e-4 * float(g_full.abs().max()) + 1e-8)
+        for name, g_full, g_cut in zip(names, grads_full, grads_cut)
+    }
+    if controller_pads:  # the official controller runs its GRU over the leading pads
+        assert not same["experts.0.controller.gru.weight_hh_l0"]
+        return
+    assert torch.allclose(loss_full, loss_cut, rtol=1e-5, atol=1e-6)
+    assert all(same.values()), [name for name, ok in same.items() if not ok]

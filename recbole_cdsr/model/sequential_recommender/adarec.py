@@ -33,6 +33,13 @@ Differences from the official code:
       position only) is offered beside the official one-row-per-user training (``last``).
   (9) Unused or dead official knobs are not implemented: noise_ratio, training_data_ratio,
       de_noise, prototype, monitor_clustering, the single-expert paths (which crash).
+  (10) Padding: the official poolings and depth controller read the left padding
+      (``pool_include_padding``, ``controller_include_padding``, both True = official).
+      With both False no loss reads a pad, ADARec declares itself ``length_invariant``
+      and trains on length buckets cut to their longest row (``data/bucketing.py``);
+      the per-position random draws (views, noise, negatives) are taken at the full
+      width and cut, so a cut batch computes exactly what the padded one does
+      (``tests/test_speed_exact.py``). Scoring always cuts (it reads the last column).
 """
 
 from __future__ import annotations
@@ -112,33 +119,47 @@ def crop_view(x: torch.Tensor, n: torch.Tensor, ratio: float) -> torch.Tensor:
     return x.gather(1, src.clamp(0, width - 1)).masked_fill(~keep, 0)
 
 
-def mask_view(x: torch.Tensor, n: torch.Tensor, ratio: float) -> torch.Tensor:
+def right_cols_rand(rows: int, width: int, full_width: int, device, dtype=None) -> torch.Tensor:
+    """Uniform draws ``[rows, width]``: the last ``width`` columns of a ``[rows,
+    full_width]`` draw, so that a left-padded batch cut to ``width`` columns gets the
+    same numbers at its real positions as at the full width (exact length buckets)."""
+    full = torch.rand(rows, max(width, full_width), device=device, dtype=dtype)
+    return full[:, full.size(1) - width :]
+
+
+def mask_view(x: torch.Tensor, n: torch.Tensor, ratio: float, full_width: int = 0) -> torch.Tensor:
     """ICLRec Mask: floor(ratio * n) distinct real positions set to the PAD id 0."""
     width = x.size(1)
     real = torch.arange(width, device=x.device).unsqueeze(0) >= (width - n).unsqueeze(1)
-    keys = torch.rand(x.shape, device=x.device).masked_fill(~real, 2.0)
+    keys = right_cols_rand(x.size(0), width, full_width, x.device).masked_fill(~real, 2.0)
     rank = keys.argsort(1).argsort(1)
     return x.masked_fill(rank < _floor_ratio(n, ratio).unsqueeze(1), 0)
 
 
-def reorder_view(x: torch.Tensor, n: torch.Tensor, ratio: float) -> torch.Tensor:
+def reorder_view(
+    x: torch.Tensor, n: torch.Tensor, ratio: float, full_width: int = 0
+) -> torch.Tensor:
     """ICLRec Reorder: a window of floor(ratio * n) items (never the last) is shuffled."""
     width = x.size(1)
     m = _floor_ratio(n, ratio)
     col_start = (width - n + _uniform_index(n - m)).unsqueeze(1)
     cols = torch.arange(width, device=x.device, dtype=torch.float64).unsqueeze(0)
     window = (cols >= col_start) & (cols < col_start + m.unsqueeze(1))
-    jitter = col_start + torch.rand(x.shape, device=x.device, dtype=torch.float64) * m.unsqueeze(1)
+    draw = right_cols_rand(x.size(0), width, full_width, x.device, torch.float64)
+    jitter = col_start + draw * m.unsqueeze(1)
     keys = torch.where(window, jitter, cols.expand_as(jitter))
     return x.gather(1, keys.argsort(dim=1, stable=True))
 
 
-def random_views(x: torch.Tensor, crop: float, mask: float, reorder: float) -> torch.Tensor:
-    """One view per row of left-padded ``x``, each with a uniformly chosen operator."""
+def random_views(x: torch.Tensor, crop: float, mask: float, reorder: float,
+                 full_width: int = 0) -> torch.Tensor:
+    """One view per row of left-padded ``x`` ``[B, W]``, each with a uniformly chosen
+    operator. ``full_width`` (>= W): the per-position draws are taken as if the rows were
+    that wide, so the views do not depend on how much left padding was cut."""
     n = (x != 0).sum(1)
     method = torch.randint(3, (x.size(0), 1), device=x.device)
-    out = torch.where(method == 0, crop_view(x, n, crop), mask_view(x, n, mask))
-    return torch.where(method == 2, reorder_view(x, n, reorder), out)
+    out = torch.where(method == 0, crop_view(x, n, crop), mask_view(x, n, mask, full_width))
+    return torch.where(method == 2, reorder_view(x, n, reorder, full_width), out)
 
 
 def nce_loss(
@@ -209,16 +230,39 @@ def kmeans_centroids(points: torch.Tensor, k: int, n_iter: int, seed: int) -> to
 
 # ----------------------------------------------------------------------------- modules
 class DepthController(nn.Module):
-    """GRU over the detached input + length embedding -> softmax over the two noise levels."""
+    """GRU over the detached input + length embedding -> softmax over the two noise levels.
 
-    def __init__(self, hidden_size: int, n_levels: int = 2):
+    ``include_padding`` True (official): the GRU runs over every column of the
+    left-padded input, pads first; False: from each row's first non-pad column to its
+    end (packed; a mask view's interior pads are kept, its leading ones skipped), so the
+    mixture does not depend on the padding width.
+    """
+
+    def __init__(self, hidden_size: int, n_levels: int = 2, include_padding: bool = True):
         super().__init__()
         self.gru = nn.GRU(hidden_size, hidden_size, batch_first=True)
         self.length_embedding = nn.Embedding(MAX_LENGTH_ID + 1, hidden_size)
         self.fc = nn.Linear(2 * hidden_size, n_levels)
+        self.include_padding = include_padding
 
-    def forward(self, seq_emb: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:
-        _, last = self.gru(seq_emb)  # left-padded: the last step is the last real item
+    def forward(
+        self, seq_emb: torch.Tensor, seq_len: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
+        """``seq_emb`` ``[B, W, H]`` of the left-padded ``ids`` ``[B, W]``, ``seq_len``
+        ``[B]`` (number of non-pad ids) -> mixture ``[B, 2]``."""
+        if self.include_padding:
+            _, last = self.gru(seq_emb)  # left-padded: the last step is the last real item
+        else:
+            width = seq_emb.size(1)
+            real = width - (ids != 0).int().argmax(1)  # columns from the first non-pad id
+            # left-padded -> left-aligned, then packed: the GRU never sees a leading pad
+            cols = torch.arange(width, device=seq_emb.device).unsqueeze(0)
+            src = cols + (width - real).unsqueeze(1)
+            index = src.clamp(max=width - 1).unsqueeze(-1).expand(-1, -1, seq_emb.size(-1))
+            packed = nn.utils.rnn.pack_padded_sequence(
+                seq_emb.gather(1, index), real.cpu(), batch_first=True, enforce_sorted=False
+            )
+            _, last = self.gru(packed)
         length = self.length_embedding(seq_len.clamp(0, MAX_LENGTH_ID))
         # NOTE: the figure shows Gumbel-softmax over depths; the code uses a plain softmax
         return torch.softmax(self.fc(torch.cat([last[-1], length], dim=-1)), dim=-1)  # [B, 2]
@@ -247,7 +291,10 @@ class ADARecExpert(nn.Module):
         )
         self.apply(self._init_weights)
         # Built after the init, as officially: the controller keeps PyTorch's defaults.
-        self.controller = DepthController(hidden, len(levels))
+        self.controller = DepthController(
+            hidden, len(levels), include_padding=config["controller_include_padding"]
+        )
+        self.max_len = max_len
         self.cluster_centers = nn.Parameter(
             F.normalize(torch.randn(config["n_intent_clusters"], hidden), dim=1)
         )
@@ -259,7 +306,9 @@ class ADARecExpert(nn.Module):
         init_recbole_weights(module, self.initializer_range)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(x.size(1), device=x.device)
+        """Left-padded ids ``[B, W]`` (W <= max_len) -> ``[B, W, H]``. The columns are the
+        last W of the full width, so a cut batch keeps every item's position id."""
+        positions = torch.arange(self.max_len - x.size(1), self.max_len, device=x.device)
         seq_emb = self.item_embedding(x) + self.position_embedding(positions)
         return self.dropout(self.layer_norm(seq_emb))
 
@@ -271,7 +320,12 @@ class ADARecExpert(nn.Module):
         scale = (mix * self.signal_scale).sum(-1)  # [B]
         # p1 s1 e1 + p2 s2 e2 with independent e1, e2 == sqrt(p1^2 s1^2 + p2^2 s2^2) e
         std = ((mix * self.noise_std) ** 2).sum(-1).sqrt()
-        return scale.view(-1, 1, 1) * seq_emb + std.view(-1, 1, 1) * torch.randn_like(seq_emb)
+        rows, width, hidden = seq_emb.shape
+        # drawn at the full width and cut (a no-op at full width): a cut batch gets the
+        # same noise at its real positions
+        noise = torch.randn(rows, max(width, self.max_len), hidden, device=seq_emb.device)
+        noise = noise[:, noise.size(1) - width :]
+        return scale.view(-1, 1, 1) * seq_emb + std.view(-1, 1, 1) * noise
 
     def forward(self, x: torch.Tensor, seq_len: torch.Tensor):
         """Returns (H_raw, H_ada, p) in training mode, (H_raw, H_raw, None) in eval mode."""
@@ -279,7 +333,7 @@ class ADARecExpert(nn.Module):
         raw = self.encode(seq_emb, x)
         if not self.training:
             return raw, raw, None
-        mix = self.controller(seq_emb.detach(), seq_len)
+        mix = self.controller(seq_emb.detach(), seq_len, x)
         return raw, self.encode(self.diffuse(seq_emb, mix), x), mix
 
     def train_pass(self, x, seq_len, views, view_len, n_view_sets: int):
@@ -295,7 +349,7 @@ class ADARecExpert(nn.Module):
         ids = torch.cat([x] + [views] * n_view_sets)
         lengths = torch.cat([seq_len] + [view_len] * n_view_sets)
         seq_emb = self.embed(ids)  # fresh dropout per forward, as officially
-        mix = self.controller(seq_emb.detach(), lengths)
+        mix = self.controller(seq_emb.detach(), lengths, ids)
         noised = self.diffuse(seq_emb, mix)
         hidden = self.encode(torch.cat([seq_emb[:batch], noised]), torch.cat([x, ids]))
         raw, ada, view_out = hidden[:batch], hidden[batch : 2 * batch], hidden[2 * batch :]
@@ -314,6 +368,12 @@ class ADARec(SequentialRecommender):
     """
 
     loss_names = ("rec", "rec_ada", "deno", "expl", "instance_cl", "intent_cl", "cluster")
+
+    @staticmethod
+    def length_invariant(config) -> bool:
+        """Training is exact at any padding width (length buckets; see
+        ``data/bucketing.py``) when neither the poolings nor the controller read pads."""
+        return not config["pool_include_padding"] and not config["controller_include_padding"]
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -353,6 +413,8 @@ class ADARec(SequentialRecommender):
         self.reorder_ratio = config["reorder_ratio"]  # beta
         self.share_cl_forward = config["share_cl_forward"]
         self.pool_include_padding = config["pool_include_padding"]
+        # no output read by a loss depends on the padding width: batches may be cut
+        self.padding_free = ADARec.length_invariant(config)
         self.mask_history_in_eval = config["mask_history_in_eval"]
         self.n_neg_rounds = 3
 
@@ -383,10 +445,15 @@ class ADARec(SequentialRecommender):
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(prefix)}
 
     # ------------------------------------------------------------------ inputs and targets
-    def _inputs(self, interaction):
+    def _inputs(self, interaction, cut: bool = False):
+        """Left-padded ids ``[B, W]`` and lengths ``[B]``. W is ``internal_len``, or with
+        ``cut`` the batch's longest history: exact wherever only real positions are read
+        (scoring reads the last column; training with ``padding_free``)."""
         item_len = interaction[self.ITEM_SEQ_LEN]
-        x = left_pad(interaction[self.ITEM_SEQ], item_len, self.internal_len)
-        return x, item_len
+        width = self.internal_len
+        if cut:
+            width = min(width, max(int(item_len.max()), 1))
+        return left_pad(interaction[self.ITEM_SEQ], item_len, width), item_len
 
     def _targets(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Positive id per position [B, L]: the next input item, ``item_id`` at the end."""
@@ -398,12 +465,19 @@ class ADARec(SequentialRecommender):
         return pos.masked_fill(x == 0, 0)
 
     def _negatives(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """One uniform negative per position, rejecting the row's items (3 rounds)."""
-        banned = torch.cat([x, pos[:, -1:]], dim=1).unsqueeze(1)  # [B, 1, L+1]
-        neg = torch.randint(1, self.n_items, x.shape, device=x.device)
+        """One uniform negative per position, rejecting the row's items (3 rounds); drawn
+        at the full width and cut, like the views."""
+        banned = torch.cat([x, pos[:, -1:]], dim=1).unsqueeze(1)  # [B, 1, W+1]
+        width = x.size(1)
+
+        def draw():
+            full = torch.randint(1, self.n_items, (len(x), self.internal_len), device=x.device)
+            return full[:, self.internal_len - width :]
+
+        neg = draw()
         for _ in range(self.n_neg_rounds):
             clash = (neg.unsqueeze(-1) == banned).any(-1)
-            neg = torch.where(clash, torch.randint_like(neg, 1, self.n_items), neg)
+            neg = torch.where(clash, draw(), neg)
         return neg
 
     def _pool(self, hidden: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -493,12 +567,13 @@ class ADARec(SequentialRecommender):
         ]
 
     def calculate_loss(self, interaction) -> tuple[torch.Tensor, ...]:
-        x, seq_len = self._inputs(interaction)
+        x, seq_len = self._inputs(interaction, cut=self.padding_free)
         pos = self._targets(x, interaction[self.POS_ITEM_ID])
-        neg = self._negatives(x, pos)
+        neg = self._negatives(x, pos) if self.loss_type == "BCE" else None
         # one pair of views per row, shared by both experts (as officially)
         views = random_views(
-            torch.cat([x, x]), self.crop_ratio, self.mask_ratio, self.reorder_ratio
+            torch.cat([x, x]), self.crop_ratio, self.mask_ratio, self.reorder_ratio,
+            full_width=self.internal_len,
         )
         view_len = (views != 0).sum(1)
         totals = None
@@ -512,14 +587,14 @@ class ADARec(SequentialRecommender):
     # ------------------------------------------------------------------ inference
     def cluster_queries(self, interaction) -> dict[str, torch.Tensor]:
         """Normalised mean-pooled raw outputs per expert (k-means input), {name: [B, H]}."""
-        x, seq_len = self._inputs(interaction)
+        x, seq_len = self._inputs(interaction, cut=self.padding_free)
         return {
             name: F.normalize(self._pool(self.expert(name)(x, seq_len)[0], x), dim=1)
             for name in EXPERT_NAMES
         }
 
     def _score_experts(self, interaction) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        x, seq_len = self._inputs(interaction)
+        x, seq_len = self._inputs(interaction, cut=True)  # only the last column is read
         names = EXPERT_NAMES if self.eval_expert == "fused" else (self.eval_expert,)
         out = []
         for name in names:
