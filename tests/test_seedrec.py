@@ -499,3 +499,40 @@ def test_seedrec_overfits_100_users(tiny_path):
     )
     pop_valid = popularity(tiny_path, name)["mean/hit@10"]
     assert train_hit > 0.3 and train_hit > 3 * pop_valid, (train_hit, pop_valid)
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "BCE"])
+def test_cut_batch_gives_the_padded_loss_and_gradients(cat_path, loss_type):
+    """Length buckets (issue 13): a batch cut to its longest row trains exactly as the
+    padded one, prompts (from the DM's reverse process) and time weights included."""
+    from recbole_cdsr.data.bucketing import LengthBucketTrainDataLoader
+
+    config = Config("SeeDRec", "tiny", config_dict=seedrec_config(
+        cat_path, MAX_ITEM_LIST_LENGTH=20, loss_type=loss_type,
+        train_neg_sample_args={"distribution": "uniform", "sample_num": 1}
+        if loss_type == "BCE" else None))
+    train = data_preparation(config, create_dataset(config))[0]
+    assert isinstance(train, LengthBucketTrainDataLoader)
+    lengths = train._dataset.inter_feat["item_length"]
+    rows = torch.nonzero(lengths <= 9).flatten()[:60].tolist()
+    cut = train.collate_fn(rows)
+    assert cut["item_id_list"].shape[1] == 9 == cut["timestamp_list"].shape[1]
+    padded = type(cut)({k: v.clone() for k, v in cut.interaction.items()})
+    for field in train.list_fields:
+        padded[field] = torch.nn.functional.pad(cut[field], (0, 20 - 9))
+    torch.manual_seed(0)
+    model = SeeDRec(config, train._dataset).eval()  # dropout off; the loss is the training one
+    results = []
+    for inputs in (padded, cut):
+        torch.manual_seed(1)
+        loss = model.calculate_loss(inputs)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        results.append((loss.detach(), grads))
+    (loss_full, grads_full), (loss_cut, grads_cut) = results
+    assert torch.allclose(loss_full, loss_cut, rtol=1e-5, atol=1e-6)
+    for g_full, g_cut in zip(grads_full, grads_cut):
+        if g_full is None:
+            assert g_cut is None
+        else:
+            assert torch.allclose(g_full, g_cut, rtol=1e-4, atol=1e-6)

@@ -329,6 +329,10 @@ class SeeDRec(SequentialRecommender):
 
     input_type = InputType.PAIRWISE
     loss_names = ("rec",)
+    # right-padded rows, positions counted from the left, causal attention, pad outputs
+    # zeroed, sememe vectors masked by length: cutting right padding changes no loss
+    # (``data/bucketing.py``; checked by tests/test_seedrec.py)
+    length_invariant = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
