@@ -557,3 +557,33 @@ def test_syncrec_overfits_100_users(tiny_path):
     )
     pop_valid = popularity(tiny_path, name)["mean/hit@10"]
     assert train_hit > 0.3 and train_hit > 3 * pop_valid, (train_hit, pop_valid)
+
+
+def test_sequence_rows_keep_the_last_row_or_every_window():
+    from recbole_cdsr.data.dataset import sequence_rows
+
+    users = torch.tensor([3, 3, 3, 1, 1, 3, 3, 1, 2])  # rows of a user in sequence order
+    assert sequence_rows(users).tolist() == [6, 7, 8]
+    assert sequence_rows(users, 2).tolist() == [0, 2, 3, 6, 7, 8]
+
+
+@pytest.mark.parametrize("windows", ["last", "all"])
+def test_train_windows_decide_which_targets_are_trained(tiny_path, windows):
+    """tiny's histories are longer than the window (L = 10): ``last`` trains each user's
+    10 most recent targets, ``all`` every target exactly once."""
+    stock = Config("SyNCRec", "tiny", config_dict=tiny_config(tiny_path, train_mode="last_position"))
+    prefixes = data_preparation(stock, create_dataset(stock))[0]._dataset.inter_feat
+    config = Config("SyNCRec", "tiny", config_dict=tiny_config(tiny_path, train_windows=windows))
+    rows = data_preparation(config, create_dataset(config))[0]._dataset.inter_feat
+    # full_sequence: a row of history length h carries h targets (h - 1 shifted + its own)
+    trained = int(rows["item_length"].sum())
+    n_users = len(prefixes["user_id"].unique())
+    if windows == "last":
+        assert len(rows) == n_users and trained == 10 * n_users < len(prefixes)
+    else:
+        assert trained == len(prefixes)
+        # the items predicted at the positions (history shifted by one, then the target)
+        # are the prefix rows' targets, each once
+        shifted = rows["item_id_list"][:, 1:]
+        targets = torch.cat([shifted[shifted > 0], rows["item_id"]])
+        assert sorted(targets.tolist()) == sorted(prefixes["item_id"].tolist())

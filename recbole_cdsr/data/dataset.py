@@ -25,6 +25,32 @@ EVAL_ROW_FIELD = "eval_row_id"  # position of a row in its valid/test split
 SPLIT_NAMES = ("train", "valid", "test")
 
 
+def sequence_rows(users: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """Train rows to keep for a model that puts a loss at every position of a row.
+
+    The train split holds one prefix row per target, each user's rows in sequence order
+    (RecBole's augmentation and the benchmark files alike); a row's history is the
+    ``MAX_ITEM_LIST_LENGTH`` items before its target.
+
+    Args:
+        users: ``[R]`` user id of every train row.
+        window: None keeps each user's last row (its most recent ``MAX_ITEM_LIST_LENGTH``
+            targets: older ones are never trained on); an int L (= the history width)
+            keeps the rows 0, L, 2L, ... before each user's last, whose positions cover
+            every target of the user exactly once.
+
+    Returns:
+        LongTensor of kept row indices, ascending.
+    """
+    order = torch.argsort(users, stable=True)
+    sorted_users = users[order]
+    last = torch.bincount(sorted_users).cumsum(0) - 1  # last sorted position of each user
+    from_end = torch.empty_like(order)
+    from_end[order] = last[sorted_users] - torch.arange(len(users))
+    keep = from_end == 0 if window is None else from_end % window == 0
+    return torch.nonzero(keep).flatten()
+
+
 class CDSRDataset(SequentialDataset):
     """Sequential dataset with item domains (see docs/atomic_format.md).
 

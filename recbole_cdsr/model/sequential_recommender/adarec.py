@@ -55,7 +55,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import dict2str, set_color
 from torch import nn
 
-from recbole_cdsr.data.dataset import CDSRDataset
+from recbole_cdsr.data.dataset import CDSRDataset, sequence_rows
 from recbole_cdsr.model.layers import init_recbole_weights
 from recbole_cdsr.trainer import CDSRTrainer, save_checkpoint
 from recbole_cdsr.utils import check_choice
@@ -630,14 +630,13 @@ class ADARecDataset(CDSRDataset):
         mode = check_choice(self.config, "train_sampling", TRAIN_SAMPLINGS, "ADARec")
         if mode == "last":
             train = datasets[0]
-            uid = train.inter_feat[train.uid_field].numpy()
-            _, first_from_end = np.unique(uid[::-1], return_index=True)
-            last = np.sort(len(uid) - 1 - first_from_end)
+            users = train.inter_feat[train.uid_field]
+            last = sequence_rows(users)
             logger.info(
                 "%s: train_sampling=last keeps %d of %d train rows (one per user)",
-                self.dataset_name, len(last), len(uid),
+                self.dataset_name, len(last), len(users),
             )
-            train.inter_feat = train.inter_feat[torch.from_numpy(last)]
+            train.inter_feat = train.inter_feat[last]
         return datasets
 
 

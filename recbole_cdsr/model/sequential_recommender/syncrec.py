@@ -58,13 +58,14 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_cdsr.data.dataset import CDSRDataset
+from recbole_cdsr.data.dataset import CDSRDataset, sequence_rows
 from recbole_cdsr.model.layers import init_recbole_weights
 from recbole_cdsr.utils import check_choice
 
 logger = logging.getLogger(__name__)
 
 TRAIN_MODES = ("full_sequence", "last_position")
+TRAIN_WINDOWS = ("last", "all")
 LOSS_TYPES = ("CE", "BCE")
 CE_SCOPES = ("domain", "all")
 NTG_UPDATES = ("ema", "sum")
@@ -85,18 +86,20 @@ def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class SyNCRecDataset(CDSRDataset):
-    """CDSRDataset whose train split holds one full sequence per user.
+    """CDSRDataset whose train split holds whole sequences, not prefixes.
 
-    With ``train_mode: full_sequence`` (official, spec 7) only each user's last train
-    row is kept: RecBole's prefix rows (and the benchmark files' prefix rows) are in
-    sequence order, so the last one holds the whole training history, and the model puts
-    a loss at every position. ``last_position`` keeps every prefix row.
+    With ``train_mode: full_sequence`` (official, spec 7) the model puts a loss at every
+    position of a row, so the prefix rows are thinned (``data.dataset.sequence_rows``):
+    ``train_windows: last`` (official) keeps each user's last row, i.e. their most recent
+    ``MAX_ITEM_LIST_LENGTH`` targets; ``all`` keeps every ``MAX_ITEM_LIST_LENGTH``-th row
+    from the end, so every target is trained once. ``last_position`` keeps every prefix.
     """
 
     def build(self) -> list:
         datasets = super().build()
         if self.config["train_mode"] != "full_sequence":
             return datasets
+        windows = check_choice(self.config, "train_windows", TRAIN_WINDOWS, "SyNCRec")
         train = datasets[0]
         if self.uid_field is None or self.uid_field not in train.inter_feat:
             raise ValueError(
@@ -105,13 +108,11 @@ class SyNCRecDataset(CDSRDataset):
                 f"load user_id or set train_mode: last_position"
             )
         users = train.inter_feat[self.uid_field]
-        rows = torch.arange(len(users))
-        last = torch.full((int(users.max()) + 1,), -1, dtype=torch.long)
-        last.scatter_reduce_(0, users, rows, reduce="amax")
-        keep = last[last >= 0].sort().values
+        width = self.config["MAX_ITEM_LIST_LENGTH"] if windows == "all" else None
+        keep = sequence_rows(users, width)
         logger.info(
-            "%s: train_mode full_sequence keeps %d of %d train rows (one per user)",
-            self.dataset_name, len(keep), len(users),
+            "%s: train_mode full_sequence, train_windows %s keeps %d of %d train rows",
+            self.dataset_name, windows, len(keep), len(users),
         )
         train.inter_feat = train.inter_feat[keep]
         return datasets
