@@ -17,6 +17,7 @@ from recbole_cdsr.model.sequential_recommender.i2vae import (
     I2VAE,
     domain_slots,
     gaussian_kl,
+    pool_weights,
     sigma,
 )
 from recbole_cdsr.quick_start import run_recbole_cdsr
@@ -133,7 +134,8 @@ def test_gaussian_kl_identity_and_non_negative():
     assert kl.shape == (B,) and (kl >= 0).all() and (kl > 0).any()
 
 
-def test_sigma_range_and_frozen_prior_scale(model, batch):
+def test_sigma_range_and_frozen_prior_scale(built, batch):
+    model = _variant(built, prior_free_bits=0.0)  # official KL: the prior mean gets a gradient
     values = sigma(torch.linspace(-50, 50, 1001))
     assert values.min() >= 1.1052 - 1e-4 and values.max() <= 2.5136 + 1e-4
     assert math.isclose(float(sigma(torch.tensor(-1e4))), math.exp(0.1), rel_tol=1e-6)
@@ -242,7 +244,9 @@ def test_psg_sensitivity(model, batch, faithful):
     assert torch.allclose(after_x[Y_ROWS], base[Y_ROWS], atol=1e-6)
     _shuffle_psg(model, 1)
     after_y = _scores(model, batch)
-    assert not torch.allclose(after_y[[1]], after_x[[1]], atol=1e-6)
+    # (small at init under pooling: last, ~2e-6: the pseudo items reach the last slot's
+    # state through attention only)
+    assert not torch.equal(after_y[[1]], after_x[[1]])
 
 
 # --------------------------------------------------------------------- 8. cold-start routing
@@ -339,8 +343,83 @@ def test_kl_warmup_scales_only_the_kl_terms(built, batch):
     assert model.kl_scale() == 1.0
 
 
+def test_pool_weights_all_items_last():
+    seq = torch.tensor([[0, 0, 3, 4], [0, 0, 0, 0], [0, 0, 0, 5]])
+    own = torch.ones(4, dtype=torch.bool)
+    torch.testing.assert_close(pool_weights(seq, own, "all"), torch.full((3, 4), 0.25))
+    items = pool_weights(seq, own, "items")
+    torch.testing.assert_close(items[0], torch.tensor([0, 0, 0.5, 0.5]))
+    torch.testing.assert_close(items[1], torch.full((4,), 0.25))  # no items: all slots
+    last = pool_weights(seq, own, "last")
+    torch.testing.assert_close(last[0], torch.tensor([0.0, 0, 0, 1]))
+    torch.testing.assert_close(last[1], torch.full((4,), 0.25))
+    # interleaved (s_1, p_1, s_2, p_2): the last own slot, or the pseudo items when none
+    aug = torch.tensor([[0, 7, 3, 8], [0, 7, 0, 8]])
+    own_aug = torch.tensor([True, False, True, False])
+    torch.testing.assert_close(pool_weights(aug, own_aug, "last"),
+                               torch.tensor([[0.0, 0, 1, 0], [0, 0.5, 0, 0.5]]))
+
+
+def test_items_pooling_ignores_the_pad_row(built, batch):
+    """pooling: items masks pad keys and pools items only: the pad embedding reaches no
+    row that has items in both domains (rows 0 and 1), and does reach them under all."""
+    for pooling, changes in (("items", False), ("all", True)):
+        model = _variant(built, pooling=pooling).eval()
+        with torch.no_grad():
+            base = model(batch)["user_x"][:2].clone()
+            model.item_embedding.weight[0] += 1.0
+            after = model(batch)["user_x"][:2]
+        assert (not torch.allclose(base, after, atol=1e-5)) == changes, pooling
+
+
+def test_position_embedding_makes_order_matter(built, batch):
+    def reversed_x(model):
+        seq = batch["item_id_list"].clone()
+        seq[0, :6] = seq[0, :6].flip(0)  # same items, other order
+        flipped = Interaction({**{k: batch[k] for k in batch.interaction}, "item_id_list": seq})
+        with torch.no_grad():
+            return model(batch)["user_x"][0], model(flipped)["user_x"][0]
+
+    a, b = reversed_x(_variant(built, pooling="items").eval())
+    torch.testing.assert_close(a, b)  # set encoder, mean pooling: order-free
+    a, b = reversed_x(_variant(built, pooling="items", position_embedding=True).eval())
+    assert not torch.allclose(a, b, atol=1e-5)
+
+
+def test_dot_scorer_and_user_skip(built, batch):
+    plain = _variant(built, scorer="dot", user_skip=False).eval()
+    skip = _variant(built, scorer="dot", user_skip=True).eval()  # same seed, same weights
+    with torch.no_grad():
+        out, out_skip = plain(batch), skip(batch)
+        user = out["user_x"]
+        items = batch["item_id"]
+        expected = (user * plain.item_embedding(items)).sum(-1)
+        torch.testing.assert_close(plain._score(user, items), expected)
+        torch.testing.assert_close(plain._score_all(user)[torch.arange(B), items], expected)
+        seq_x = plain._histories(batch)[0]
+        own = torch.ones(L, dtype=torch.bool)
+        pooled = plain.encoder_x(plain.item_embedding(seq_x), seq_x,
+                                 pool_weights(seq_x, own, plain.pooling))[1]
+        torch.testing.assert_close(out_skip["user_x"] - user, pooled)
+
+
+def test_prior_free_bits_floor_each_dimension():
+    mu, logscale = torch.randn(B, K) * 0.1, torch.zeros(B, K)
+    zero = torch.zeros(B, K)
+    per_dim = torch.stack([gaussian_kl(mu[:, i:i + 1], logscale[:, i:i + 1], zero[:, :1],
+                                       zero[:, :1]) for i in range(K)], 1)
+    torch.testing.assert_close(gaussian_kl(mu, logscale, zero, zero, free_bits=0.5),
+                               (per_dim.clamp(min=0.5) - 0.5).sum(1))
+    grad_mu = mu.clone().requires_grad_()
+    gaussian_kl(grad_mu, logscale, zero, zero, free_bits=10.0).sum().backward()
+    assert float(grad_mu.grad.abs().max()) == 0.0  # every dimension under the floor
+
+
 @pytest.mark.parametrize("key,value", [("loss_type", "BPR"), ("item_init_std", -1.0),
-                                       ("latent_noise_scale", "x"), ("kl_warmup_steps", 0.5)])
+                                       ("latent_noise_scale", "x"), ("kl_warmup_steps", 0.5),
+                                       ("scorer", "cosine"), ("pooling", "max"),
+                                       ("position_embedding", "yes"), ("user_skip", 1),
+                                       ("prior_free_bits", -0.1)])
 def test_bad_learning_switch_names_the_key(built, key, value):
     with pytest.raises(ValueError, match=key):
         _variant(built, **{key: value})
@@ -445,27 +524,22 @@ def learned(tmp_path_factory, tiny_path):
 
 
 def test_defaults_learn_above_popularity_and_near_sasrec(learned):
-    """Valid HR@10 after LEARN_EPOCHS epochs: above Pop by 0.01 and within 0.05 of SASRec
-    trained the same way (measured: Pop 0.0995, SASRec 0.144, I2VAE 0.116; the official
-    N(0, 1) item init gives 0.039); the training loss decreases."""
+    """Valid HR@10 after LEARN_EPOCHS epochs: above Pop by 0.025 and within 0.03 of SASRec
+    trained the same way (measured, docs/results/i2vae.md: Pop 0.0995, SASRec 0.144,
+    I2VAE 0.138; the former defaults with the official MLP scorer and mean pooling gave
+    0.116, which fails); the training loss decreases."""
     hit = learned["i2vae"]["valid"]["mean/hit@10"]
-    assert hit > learned["pop"] + 0.01, learned
-    assert hit > learned["sasrec"] - 0.05, learned
+    assert hit > learned["pop"] + 0.025, learned
+    assert hit > learned["sasrec"] - 0.03, learned
     losses = learned["i2vae"]["losses"]
     assert losses[-1] < 0.95 * losses[0], losses
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation, docs/results/i2vae.md: I2VAE does not memorise the prefix rows of "
-    "60 users at this budget (HR@10 on training targets 0.071 vs Pop 0.084 after 5 "
-    "epochs; 0.076 with dropout and noise off at lr 3e-3 after 8 epochs)"))
 def test_defaults_overfit_users_learn(tmp_path_factory, tiny_path):
     """HR@10 on the training targets of FIT_USERS users after FIT_EPOCHS epochs: at least
-    1.5 x Pop's (strict xfail: passes the day I2VAE can overfit)."""
+    1.5 x Pop's (measured: 0.217 vs Pop 0.100; the official scorer, pooling, noise and
+    plain prior KL stay at Pop's level, docs/results/i2vae.md)."""
     learning, root = _harness(tmp_path_factory, tiny_path, "fit", FIT_USERS)
-    # tests/learning.py's overfit_hit runs training under its own @torch.no_grad; train
-    # with gradients (the undecorated function), read the scores the same way
     overfit_hit = getattr(learning.overfit_hit, "__wrapped__", learning.overfit_hit)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("sys.argv", ["pytest"])
@@ -473,3 +547,4 @@ def test_defaults_overfit_users_learn(tmp_path_factory, tiny_path):
         pop = overfit_hit("Pop", root, "fit", 1)
         fit = overfit_hit("I2VAE", root, "fit", FIT_EPOCHS, **LEARN_SIZE)
     assert fit > 1.5 * pop, (fit, pop)
+

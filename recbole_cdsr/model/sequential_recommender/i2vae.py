@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 TRANS_ENCODERS = ("attention", "mlp")
 SEQUENCE_ORDERS = ("set", "causal")
 LOSS_TYPES = ("BCE", "CE")
+SCORERS = ("mlp", "dot")
+POOLINGS = ("all", "items", "last")
 PRIOR_LOGSCALE = 1.0  # official initial prior log-scale; frozen by the clamp in sigma()
 
 
@@ -75,11 +77,18 @@ def sigma(logscale: torch.Tensor) -> torch.Tensor:
     return torch.exp(0.1 + 0.9 * F.softplus(logscale.clamp(max=0.4)))
 
 
-def gaussian_kl(mu1, logscale1, mu2, logscale2) -> torch.Tensor:
-    """KL(N(mu1, g(l1)^2) || N(mu2, g(l2)^2)) summed over the last dim: ``[B]``."""
+def gaussian_kl(mu1, logscale1, mu2, logscale2, free_bits: float = 0.0) -> torch.Tensor:
+    """KL(N(mu1, g(l1)^2) || N(mu2, g(l2)^2)) summed over the last dim: ``[B]``.
+
+    ``free_bits`` > 0 counts only each dimension's KL above that many nats per row,
+    max(KL_d, f) - f (free bits, Kingma et al. 2016, per row here; the constant -f keeps
+    the logged loss readable): a dimension under the floor gets no gradient.
+    """
     std1, std2 = sigma(logscale1), sigma(logscale2)
     var1, var2 = std1 * std1, std2 * std2
     kl = torch.log(std2 / std1) + (var1 + (mu1 - mu2) ** 2) / (2 * var2) - 0.5
+    if free_bits > 0:
+        kl = kl.clamp(min=free_bits) - free_bits
     return kl.sum(-1)
 
 
@@ -99,11 +108,21 @@ def domain_slots(seq: torch.Tensor, item_domain: torch.Tensor, domain: int, leng
 
 
 class _SequenceEncoder(nn.Module):
-    """SASRec (pmixer) blocks: pre-LN attention, LN, position-wise FFN; mean-pooled."""
+    """SASRec (pmixer) blocks: pre-LN attention, LN, position-wise FFN; then a weighted
+    sum of the states (official: the mean over every slot; spec section 3.3).
 
-    def __init__(self, hidden, n_layers, n_heads, hidden_dropout, attn_dropout, eps, causal):
+    ``pooling``: ``all`` (official) uses no key-padding mask; any other value masks pad
+    keys (a row without items keeps every key). The weights come from ``pool_weights``.
+    ``max_length`` > 0 adds a learned position embedding over that many slots (the
+    official encoder has none); positions count from the left of the left-padded input.
+    """
+
+    def __init__(self, hidden, n_layers, n_heads, hidden_dropout, attn_dropout, eps, causal,
+                 pooling="all", max_length=0):
         super().__init__()
         self.causal = causal
+        self.pooling = pooling
+        self.position = nn.Embedding(max_length, hidden) if max_length else None
         self.input_dropout = nn.Dropout(hidden_dropout)
         self.attn_norms = nn.ModuleList(nn.LayerNorm(hidden, eps=eps) for _ in range(n_layers))
         self.attns = nn.ModuleList(
@@ -123,23 +142,65 @@ class _SequenceEncoder(nn.Module):
         )
         self.last_norm = nn.LayerNorm(hidden, eps=eps)
 
-    def forward(self, seq_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, L, H]`` -> (states ``[B, L, H]``, mean over all positions ``[B, H]``)."""
+    def forward(self, seq_emb: torch.Tensor, seq: torch.Tensor, weights: torch.Tensor):
+        """``[B, L, H]`` embeddings of ids ``seq [B, L]``, pooling weights ``[B, L]``
+        (see ``pool_weights``) -> (states ``[B, L, H]``, pooled ``[B, H]``)."""
         length = seq_emb.shape[1]
         mask = None
         if self.causal:
             mask = torch.ones(length, length, dtype=torch.bool, device=seq_emb.device).triu(1)
+        pad_keys = None
+        if self.pooling != "all":
+            # pads are masked as keys; a row without items keeps every key
+            empty = (seq != 0).sum(1, keepdim=True) == 0
+            pad_keys = (seq == 0) & ~empty
+            if mask is not None:
+                # a causal row whose visible keys are all pads: let it see its own slot
+                pad_keys = pad_keys.unsqueeze(1) | mask.unsqueeze(0)
+                pad_keys = pad_keys & ~torch.eye(length, dtype=torch.bool,
+                                                 device=seq.device).unsqueeze(0)
+                pad_keys = pad_keys.repeat_interleave(self.attns[0].num_heads, 0)
+                mask = None
+        if self.position is not None:
+            seq_emb = seq_emb + self.position.weight[:length].unsqueeze(0)
         states = self.input_dropout(seq_emb)
         for attn_norm, attn, ffn_norm, ffn in zip(
             self.attn_norms, self.attns, self.ffn_norms, self.ffns
         ):
             query = attn_norm(states)
-            states = query + attn(query, states, states, attn_mask=mask, need_weights=False)[0]
+            if pad_keys is not None and pad_keys.dim() == 3:
+                out = attn(query, states, states, attn_mask=pad_keys, need_weights=False)[0]
+            else:
+                out = attn(query, states, states, attn_mask=mask, key_padding_mask=pad_keys,
+                           need_weights=False)[0]
+            states = query + out
             states = ffn_norm(states)
             states = states + ffn(states)
         states = self.last_norm(states)
-        # NOTE: official code pools over pads too (no padding mask); we follow the code.
-        return states, states.mean(1)
+        # NOTE: official pooling (``all``) averages pads too (no padding mask).
+        return states, (weights.unsqueeze(2) * states).sum(1)
+
+
+def pool_weights(seq: torch.Tensor, real: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pooling weights ``[B, L]`` (rows sum to 1) of a left-padded id sequence ``seq``.
+
+    ``real [L]`` marks the slots that hold the row's own history (all of them for a plain
+    history; every other slot for the interleaved augmented one). ``all`` (official):
+    uniform over every slot, pads included; ``items``: uniform over non-pad slots;
+    ``last``: the last non-pad ``real`` slot (the most recent history item). A row with
+    nothing to pick falls back to ``items``, then to ``all``.
+    """
+    uniform = torch.ones_like(seq, dtype=torch.float)
+    if pooling == "all":
+        return uniform / seq.shape[1]
+    items = (seq != 0).float()
+    weights = torch.where(items.sum(1, keepdim=True) == 0, uniform, items)
+    if pooling == "last":
+        own = items * real.float().unsqueeze(0)
+        # last own slot: the one whose own-slot count to its right is zero
+        is_last = own * (own.flip(1).cumsum(1).flip(1) == 1).float()
+        weights = torch.where(own.sum(1, keepdim=True) == 0, weights, is_last)
+    return weights / weights.sum(1, keepdim=True)
 
 
 class _GaussianEncoder(nn.Module):
@@ -188,7 +249,8 @@ class I2VAEDataset(CDSRDataset):
 
 class I2VAE(SequentialRecommender):
     """Two domain encoders, VAE latents per domain, cross-domain transfer latents and
-    pseudo-sequence augmented latents; an MLP scores (user vector, item) pairs.
+    pseudo-sequence augmented latents; an MLP (official) or a dot product (``scorer``)
+    scores (user vector, item) pairs.
 
     Batch fields: user_id (pseudo-sequence lookup), item_id (target; its domain picks
     the head), and either ``history_fields`` (per-domain histories, e.g. hist_x/hist_y)
@@ -205,12 +267,24 @@ class I2VAE(SequentialRecommender):
         check_choice(config, "trans_encoder", TRANS_ENCODERS, "I2VAE")
         check_choice(config, "sequence_order", SEQUENCE_ORDERS, "I2VAE")
         self.loss_type = check_choice(config, "loss_type", LOSS_TYPES, "I2VAE")
-        for key in ("latent_noise_scale", "item_init_std"):
+        self.scorer = check_choice(config, "scorer", SCORERS, "I2VAE")
+        self.pooling = pooling = check_choice(config, "pooling", POOLINGS, "I2VAE")
+        if not isinstance(config["position_embedding"], bool):
+            raise ValueError(
+                f"I2VAE: position_embedding must be True or False (official False), "
+                f"got {config['position_embedding']!r}")
+        for key, official in (("latent_noise_scale", 1.0), ("item_init_std", 1.0),
+                              ("prior_free_bits", 0.0)):
             value = config[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(
-                    f"I2VAE: {key} must be a number >= 0 (official 1.0), got {value!r}")
+                    f"I2VAE: {key} must be a number >= 0 (official {official}), got {value!r}")
         self.noise_scale = float(config["latent_noise_scale"])
+        self.user_skip = config["user_skip"]
+        if not isinstance(self.user_skip, bool):
+            raise ValueError(
+                f"I2VAE: user_skip must be True or False (official False), got {self.user_skip!r}")
+        self.prior_free_bits = float(config["prior_free_bits"])
         init_std = float(config["item_init_std"])
         self.kl_warmup_steps = config["kl_warmup_steps"]
         if not isinstance(self.kl_warmup_steps, int) or self.kl_warmup_steps < 0:
@@ -269,6 +343,8 @@ class I2VAE(SequentialRecommender):
             config["attn_dropout_prob"],
             config["layer_norm_eps"],
             config["sequence_order"] == "causal",
+            pooling,
+            2 * config["history_length"] if config["position_embedding"] else 0,
         )
         self.item_embedding = nn.Embedding(self.n_items, hidden)
         # official: N(0, 1) (item_init_std 1), pad row learned
@@ -350,19 +426,32 @@ class I2VAE(SequentialRecommender):
             return mu
         return mu + self.noise_scale * sigma(logscale) * torch.randn_like(mu)
 
-    def _transfer(self, states_x, states_y, pooled_x, pooled_y):
-        """(mu, l) of z_t^X (X content toward Y) and z_t^Y (Y content toward X)."""
+    def _transfer(self, states_x, states_y, pooled_x, pooled_y, weights_x, weights_y,
+                  seq_x, seq_y):
+        """(mu, l) of z_t^X (X content toward Y) and z_t^Y (Y content toward X).
+
+        Attention: states ``[B, L, H]``; pooled ``[B, H]``; pooling weights ``[B, L]``;
+        ids ``seq_x``/``seq_y`` ``[B, L]``. Under ``pooling`` other than ``all`` a slot that
+        is a pad in either domain is masked as a key (none masked if that leaves none).
+        """
         if self.trans_encoder == "mlp":
             return (
                 self.transfer_mlp_x(torch.cat([pooled_x, pooled_y], -1)),
                 self.transfer_mlp_y(torch.cat([pooled_y, pooled_x], -1)),
             )
+        pad = None
+        if self.pooling != "all":
+            pad = (seq_x == 0) | (seq_y == 0)
+            pad = pad & ~pad.all(1, keepdim=True)
         # NOTE: official code uses key = other domain, query = value = own domain.
-        out_x = self.transfer_attn_x(states_x, states_y, states_x, need_weights=False)[0]
-        out_y = self.transfer_attn_y(states_y, states_x, states_y, need_weights=False)[0]
-        t_x = self.transfer_out_x(self.transfer_norm(out_x).mean(1)).chunk(2, -1)
-        t_y = self.transfer_out_y(self.transfer_norm(out_y).mean(1)).chunk(2, -1)
-        return t_x, t_y
+        out_x = self.transfer_attn_x(states_x, states_y, states_x, key_padding_mask=pad,
+                                     need_weights=False)[0]
+        out_y = self.transfer_attn_y(states_y, states_x, states_y, key_padding_mask=pad,
+                                     need_weights=False)[0]
+        # mean over query positions with the encoders' pooling weights (official: all)
+        pool_x = (weights_x.unsqueeze(2) * self.transfer_norm(out_x)).sum(1)
+        pool_y = (weights_y.unsqueeze(2) * self.transfer_norm(out_y)).sum(1)
+        return self.transfer_out_x(pool_x).chunk(2, -1), self.transfer_out_y(pool_y).chunk(2, -1)
 
     def forward(self, interaction) -> dict:
         """Encodes a batch.
@@ -378,10 +467,16 @@ class I2VAE(SequentialRecommender):
         # interleaved augmented sequences (s_1, p_1, ..., s_L, p_L), Sec. 3.1
         aug_x = torch.stack([seq_x, psg[:, 0]], dim=2).view(batch, -1)
         aug_y = torch.stack([seq_y, psg[:, 1]], dim=2).view(batch, -1)
-        states_x, pooled_x = self.encoder_x(self.item_embedding(seq_x))
-        states_y, pooled_y = self.encoder_y(self.item_embedding(seq_y))
-        _, pooled_xa = self.encoder_x(self.item_embedding(aug_x))
-        _, pooled_ya = self.encoder_y(self.item_embedding(aug_y))
+        own = torch.ones(self.history_length, dtype=torch.bool, device=seq_x.device)
+        own_aug = torch.stack([own, ~own], 1).view(-1)  # history slots of (s_1, p_1, ...)
+        weights_x = pool_weights(seq_x, own, self.pooling)
+        weights_y = pool_weights(seq_y, own, self.pooling)
+        states_x, pooled_x = self.encoder_x(self.item_embedding(seq_x), seq_x, weights_x)
+        states_y, pooled_y = self.encoder_y(self.item_embedding(seq_y), seq_y, weights_y)
+        _, pooled_xa = self.encoder_x(
+            self.item_embedding(aug_x), aug_x, pool_weights(aug_x, own_aug, self.pooling))
+        _, pooled_ya = self.encoder_y(
+            self.item_embedding(aug_y), aug_y, pool_weights(aug_y, own_aug, self.pooling))
 
         post = {
             "x": self.q_x(pooled_x),
@@ -389,7 +484,8 @@ class I2VAE(SequentialRecommender):
             "y": self.q_y(pooled_y),
             "ya": self.q_y(pooled_ya),
         }
-        post["tx"], post["ty"] = self._transfer(states_x, states_y, pooled_x, pooled_y)
+        post["tx"], post["ty"] = self._transfer(
+            states_x, states_y, pooled_x, pooled_y, weights_x, weights_y, seq_x, seq_y)
         if self.cs_setting:
             post["rx"], post["ry"] = self.r_x(pooled_x), self.r_y(pooled_y)
         z = {name: self._sample(*post[name]) for name in ("x", "xa", "y", "ya", "tx", "ty")}
@@ -406,6 +502,9 @@ class I2VAE(SequentialRecommender):
             dec_tx = torch.where(cold_y, self.p_tx(post["rx"][0]), dec_tx)
         user_x = self.fuse_x(torch.cat([dec_x, dec_ty, dec_xa], -1))
         user_y = self.fuse_y(torch.cat([dec_y, dec_tx, dec_ya], -1))
+        if self.user_skip:
+            # not in the paper: the encoders' pooled states bypass the latents
+            user_x, user_y = user_x + pooled_x, user_y + pooled_y
         return {
             "user_x": user_x,
             "user_y": user_y,
@@ -419,12 +518,17 @@ class I2VAE(SequentialRecommender):
         }
 
     def _score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """MLP scorer logits, ``[B, H]`` x ``[B]`` items -> ``[B]``."""
+        """Scorer logits, ``[B, H]`` x ``[B]`` items -> ``[B]`` (MLP or dot product)."""
+        if self.scorer == "dot":
+            return (user * self.item_embedding(items)).sum(-1)
         hidden = F.relu(self.scorer_hidden(torch.cat([user, self.item_embedding(items)], -1)))
         return self.scorer_out(hidden).squeeze(-1)
 
     def _score_all(self, user: torch.Tensor) -> torch.Tensor:
-        """Scorer logits of every item, ``[B, N]``, with W1 = [W_u | W_i] split."""
+        """Scorer logits of every item, ``[B, N]``: u E^T (dot), or the MLP with
+        W1 = [W_u | W_i] split so each part is computed once."""
+        if self.scorer == "dot":
+            return user @ self.item_embedding.weight.T
         weight, bias = self.scorer_hidden.weight, self.scorer_hidden.bias
         user_part = F.linear(user, weight[:, : self.hidden_size], bias)  # [B, h]
         item_part = F.linear(self.item_embedding.weight, weight[:, self.hidden_size :])  # [N, h]
@@ -484,15 +588,18 @@ class I2VAE(SequentialRecommender):
         std_prior = (zero, zero + PRIOR_LOGSCALE)  # N(0, g(1)^2), the "standard" prior
         prior = [(self.prior_mu[d], self.prior_logscale[d]) for d in (0, 1)]
         kl = gaussian_kl
+
+        def prior_kl(mu, logscale, mu_p, logscale_p):
+            return gaussian_kl(mu, logscale, mu_p, logscale_p, self.prior_free_bits)
         terms = {
             "rec": rec,
             # G: prior KLs (the disentangling regularizer, Sec. 3.13)
-            "g_x": kl(*post["ty"], *std_prior)
-            + kl(*post["x"], *prior[0])
-            + kl(*post["xa"], *prior[0]),
-            "g_y": kl(*post["tx"], *std_prior)
-            + kl(*post["y"], *prior[1])
-            + kl(*post["ya"], *prior[1]),
+            "g_x": prior_kl(*post["ty"], *std_prior)
+            + prior_kl(*post["x"], *prior[0])
+            + prior_kl(*post["xa"], *prior[0]),
+            "g_y": prior_kl(*post["tx"], *std_prior)
+            + prior_kl(*post["y"], *prior[1])
+            + prior_kl(*post["ya"], *prior[1]),
             # A: denoising KL between augmented and real latents
             "a_x": kl(*post["xa"], *post["x"]),
             "a_y": kl(*post["ya"], *post["y"]),
