@@ -324,7 +324,9 @@ def test_cluster_step_normalises_assigns_and_only_updates_centres(model):
     loss, assign = model._cluster_step(expert, raw, x)
     centers = expert.cluster_centers
     assert torch.allclose(centers.norm(dim=1), torch.ones(K), atol=1e-6)
-    query = F.normalize(raw.detach().mean(1), dim=1)
+    assert not model.pool_include_padding  # default: the mean over real positions only
+    real = (x != 0).unsqueeze(-1).float()
+    query = F.normalize((raw.detach() * real).sum(1) / real.sum(1), dim=1)
     dist = torch.cdist(query, centers.detach()) ** 2
     assert torch.equal(assign, dist.argmin(1))
     center_dist = torch.cdist(centers.detach(), centers.detach()) ** 2
@@ -578,7 +580,7 @@ def test_one_epoch_run_prefix_ce_variant(tiny_path):
         config_dict=adarec_config(
             tiny_path, train_batch_size=256, train_sampling="all_prefix", loss_type="CE",
             per_expert_early_stop=False, cluster_init="normal", share_cl_forward=True,
-            pool_include_padding=False, mask_history_in_eval=True,
+            pool_include_padding=True, controller_include_padding=True, mask_history_in_eval=True,
         ),
     )
     _check_run(result)

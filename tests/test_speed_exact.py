@@ -5,7 +5,6 @@ import random
 
 import pytest
 import torch
-from recbole.data.dataloader import TrainDataLoader as RecBoleTrainLoader
 
 from recbole_cdsr.config import Config
 from recbole_cdsr.data.bucketing import (
@@ -284,8 +283,10 @@ def test_import_leaves_torch_and_recbole_layers_alone():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# ADARec declares length_invariant by settings: with pads read by neither the poolings
-# nor the controller (both switches False), a cut batch trains exactly as the full one
+# ADARec with pads read by neither the poolings nor the controller (both switches False)
+# cuts each batch to its longest row and encodes its rows in chunks of similar length
+# (the batch is not regrouped: its loader stays RecBole's); that must equal the
+# computation at the full padded width
 ADAREC_KEYS = {
     "pool_include_padding": False, "controller_include_padding": False,
     "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0, "n_intent_clusters": 4,
@@ -297,9 +298,9 @@ def test_adarec_padding_free_training_is_exact_at_any_width(tiny_path, controlle
     config, train, _ = build(
         tiny_path, "ADARec", **{**ADAREC_KEYS, "controller_include_padding": controller_pads}
     )
-    assert isinstance(train, LengthBucketTrainDataLoader) is not controller_pads
+    assert not isinstance(train, LengthBucketTrainDataLoader)
     # tiny's users all have long histories: shorten 40 rows to 1..9 items (width 20)
-    batch = RecBoleTrainLoader.collate_fn(train, list(range(40)))
+    batch = train.collate_fn(list(range(40)))
     short = torch.randint(1, 10, (40,), generator=torch.Generator().manual_seed(0))
     short[0] = 9
     batch["item_length"] = short
@@ -307,10 +308,12 @@ def test_adarec_padding_free_training_is_exact_at_any_width(tiny_path, controlle
     torch.manual_seed(1)
     model = get_model("ADARec")(config, train._dataset).train()
     assert model.padding_free is not controller_pads
-    model.padding_free = False  # left-padded to the full width 20
+    model.padding_free = False  # left-padded to the full width 20, one encoder call
     assert model._inputs(batch, cut=model.padding_free)[0].shape[1] == WIDTH
     loss_full, grads_full = loss_and_grads(model, batch)
-    model.padding_free = True  # cut to the longest row (9), even where that is not exact
+    # cut to the longest row (9) and encoded in chunks of 16 rows (of the 6 x 40 rows of
+    # a step), even where that is not exact
+    model.padding_free, model.encode_chunk_rows = True, 16
     assert model._inputs(batch, cut=model.padding_free)[0].shape[1] == 9
     loss_cut, grads_cut = loss_and_grads(model, batch)
     names = [n for n, p in model.named_parameters() if p.requires_grad]

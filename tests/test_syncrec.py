@@ -271,7 +271,7 @@ def test_official_shared_mode_is_one_encoder_plus_tower(tiny_path):
 
 
 def test_full_sequence_keeps_one_train_row_per_user(tiny_path):
-    config = Config("SyNCRec", "tiny", config_dict=tiny_config(tiny_path))
+    config = Config("SyNCRec", "tiny", config_dict=tiny_config(tiny_path, train_windows="last"))
     dataset = create_dataset(config)
     train = data_preparation(config, dataset)[0]._dataset
     users = train.inter_feat["user_id"]
@@ -495,7 +495,8 @@ def test_ce_loss_matches_hand_computation(tiny_path, scope):
 # ------------------------------------------------------------------ learning (issue 16)
 # The learning slice: ml100k_genre's first 300 users (conftest.learn_slice), SMALL size
 # (tests/learning.py), yaml defaults (CE over the target's domain, LC-NTG ema, SC-MIM).
-# full_sequence trains one row per user: 3 optimiser steps per epoch at batch 128.
+# full_sequence with train_windows all: ~5 windows of 20 per user; capped at 3 optimiser
+# steps of 128 rows per epoch.
 SYN_EPOCHS = 100  # = 300 steps
 OVERFIT_EPOCHS = 100  # 4 steps each at batch 25
 LEARN_MARGIN = 0.06  # stated margin of valid mean HR@10 below SASRec at equal steps
@@ -517,10 +518,14 @@ def syncrec_learns(learn_slice, references, **overrides):
     from learning import METRIC, learn
 
     root, name = learn_slice
-    result = learn("SyNCRec", root, name, epochs=SYN_EPOCHS, eval_step=10, **overrides)
+    result = learn("SyNCRec", root, name, epochs=SYN_EPOCHS, steps_per_epoch=3, eval_step=10,
+                   **overrides)
     hit, losses = result["valid"][METRIC], result["losses"]
     pop, sasrec = references["Pop"][METRIC], references["SASRec"][METRIC]
-    assert losses[-1] < 0.8 * losses[0], losses
+    print(f"SyNCRec {overrides}: valid {hit:.4f}, Pop {pop:.4f}, SASRec {sasrec:.4f}, "
+          f"loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    # more windows than steps can see (~5 per user): the loss falls less than on one
+    assert losses[-1] < 0.85 * losses[0], losses
     assert hit > pop + 0.03, (hit, pop)
     assert hit > sasrec - LEARN_MARGIN, (hit, sasrec)
     return hit
@@ -531,10 +536,12 @@ def test_syncrec_learns_above_pop_and_near_sasrec(learn_slice, syncrec_reference
 
 
 def test_syncrec_official_bce_does_not_learn_at_this_budget(learn_slice, syncrec_references):
-    # The pre-issue-16 defaults (one-negative BCE, the summed NTG update) stay near Pop
-    # at the same 300 steps (valid mean HR@10 .078 vs Pop .066, docs/results/syncrec.md).
+    # The pre-issue-16 defaults (one-negative BCE, the summed NTG update, last window
+    # only) stay near Pop at the same 300 steps (valid mean HR@10 .078 vs Pop .066,
+    # docs/results/syncrec.md).
     with pytest.raises(AssertionError):
-        syncrec_learns(learn_slice, syncrec_references, loss_type="BCE", ntg_update="sum")
+        syncrec_learns(learn_slice, syncrec_references, loss_type="BCE", ntg_update="sum",
+                       train_windows="last")
 
 
 def test_syncrec_overfits_100_users(tiny_path):

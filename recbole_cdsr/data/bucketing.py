@@ -58,21 +58,16 @@ RECBOLE_LENGTH_INVARIANT = {
 }
 
 
-def is_length_invariant(model_class: type, config=None) -> bool:
+def is_length_invariant(model_class: type) -> bool:
     """Whether cutting a batch's right padding leaves ``model_class``'s training exact.
 
     RecBole's classes are looked up in ``RECBOLE_LENGTH_INVARIANT``; any other class
-    must declare ``length_invariant`` on itself (a subclass does not inherit its
-    parent's declaration, since it may change the computation): ``True``, or a
-    staticmethod ``(config) -> bool`` where it depends on settings (no ``config``:
-    False).
+    must declare ``length_invariant = True`` on itself (a subclass does not inherit its
+    parent's declaration, since it may change the computation).
     """
     if model_class.__module__.startswith("recbole."):
         return RECBOLE_LENGTH_INVARIANT.get(model_class.__name__, False)
-    declared = vars(model_class).get("length_invariant", False)
-    if isinstance(declared, staticmethod):
-        return config is not None and bool(declared.__func__(config))
-    return bool(declared)
+    return bool(vars(model_class).get("length_invariant", False))
 
 
 class LengthBucketBatchSampler:
@@ -172,7 +167,7 @@ def use_length_buckets(config, model_class: type, train_loader) -> bool:
     if not enabled or config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         return False
     reason = None
-    if not is_length_invariant(model_class, config):
+    if not is_length_invariant(model_class):
         reason = f"{model_class.__name__} does not declare length_invariant"
     elif type(train_loader) is not TrainDataLoader:
         reason = f"the train loader is a {type(train_loader).__name__}"

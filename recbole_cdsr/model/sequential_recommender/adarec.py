@@ -35,10 +35,13 @@ Differences from the official code:
       de_noise, prototype, monitor_clustering, the single-expert paths (which crash).
   (10) Padding: the official poolings and depth controller read the left padding
       (``pool_include_padding``, ``controller_include_padding``, both True = official).
-      With both False no loss reads a pad, ADARec declares itself ``length_invariant``
-      and trains on length buckets cut to their longest row (``data/bucketing.py``);
-      the per-position random draws (views, noise, negatives) are taken at the full
-      width and cut, so a cut batch computes exactly what the padded one does
+      With both False no loss reads a pad: each batch is cut to its longest row and its
+      rows are encoded in chunks of similar length (``encode_by_length``), the batch
+      itself staying a random one (length-bucketed *batches* measured worse: with a loss
+      at every position they weight a short-history batch's few targets like a long
+      one's many, and pair similar-length rows as contrastive negatives). The
+      per-position random draws (views, noise, negatives) are taken at the full width
+      and cut, so this computes exactly what the padded batch does
       (``tests/test_speed_exact.py``). Scoring always cuts (it reads the last column).
 """
 
@@ -68,6 +71,7 @@ CLUSTER_INITS = ("kmeans", "normal")
 EVAL_EXPERTS = ("A", "B", "fused")
 CL_SIMILARITIES = ("dot", "cos")
 EXPERT_NAMES = ("A", "B")
+ENCODE_CHUNK_ROWS = 128  # rows per encoder call when padding-free rows are encoded by length
 MAX_LENGTH_ID = 512  # official controller length vocabulary: 513 rows, lengths clamped at 512
 ATTENTION_FILL = -10000.0  # official additive mask value (not -inf: pad rows stay finite)
 
@@ -315,6 +319,24 @@ class ADARecExpert(nn.Module):
     def encode(self, seq_emb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(seq_emb, causal_attention_mask(x), output_all_encoded_layers=False)[-1]
 
+    def encode_by_length(self, seq_emb: torch.Tensor, x: torch.Tensor, chunk_rows: int):
+        """``encode`` of left-padded rows ``[R, W, H]`` / ``[R, W]``, run on chunks of
+        ``chunk_rows`` rows of similar span (columns from the first non-pad id), each cut
+        to its longest span. Equal to ``encode`` from every row's first non-pad column on
+        (causal attention, pad keys masked); the columns before it are 0, not the
+        width-dependent outputs of pads. The batch itself is not regrouped."""
+        width = x.size(1)
+        span = width - (x != 0).int().argmax(1)
+        order = torch.argsort(span, stable=True)
+        parts = []
+        for rows in order.split(chunk_rows):
+            cut = width - int(span[rows].max())
+            hidden = self.encode(seq_emb[rows, cut:], x[rows, cut:])
+            parts.append(F.pad(hidden, (0, 0, cut, 0)))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(parts)[inverse]
+
     def diffuse(self, seq_emb: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
         """p1 q(X_t1 | X) + p2 q(X_t2 | X), closed-form forward noising, [B, L, H]."""
         scale = (mix * self.signal_scale).sum(-1)  # [B]
@@ -336,12 +358,14 @@ class ADARecExpert(nn.Module):
         mix = self.controller(seq_emb.detach(), seq_len, x)
         return raw, self.encode(self.diffuse(seq_emb, mix), x), mix
 
-    def train_pass(self, x, seq_len, views, view_len, n_view_sets: int):
+    def train_pass(self, x, seq_len, views, view_len, n_view_sets: int, chunk_rows=None):
         """All training outputs of one step with one embedding/controller/encoder call.
 
         Args:
             x: main input [B, L]; views: [V, L] (both views of every row); ``n_view_sets``
                 independent forwards of the views (2: instance CL and intent CL, 1: shared).
+            chunk_rows: None encodes all rows at the full width; an int encodes them in
+                chunks of similar length (``encode_by_length``: pad outputs are 0).
         Returns:
             (H_raw [B, L, H], H_ada [B, L, H], p [B, 2], view outputs: n_view_sets x [V, L, H])
         """
@@ -351,7 +375,11 @@ class ADARecExpert(nn.Module):
         seq_emb = self.embed(ids)  # fresh dropout per forward, as officially
         mix = self.controller(seq_emb.detach(), lengths, ids)
         noised = self.diffuse(seq_emb, mix)
-        hidden = self.encode(torch.cat([seq_emb[:batch], noised]), torch.cat([x, ids]))
+        inputs, input_ids = torch.cat([seq_emb[:batch], noised]), torch.cat([x, ids])
+        if chunk_rows is None:
+            hidden = self.encode(inputs, input_ids)
+        else:
+            hidden = self.encode_by_length(inputs, input_ids, chunk_rows)
         raw, ada, view_out = hidden[:batch], hidden[batch : 2 * batch], hidden[2 * batch :]
         return raw, ada, mix[:batch], view_out.chunk(n_view_sets) if n_view_sets else ()
 
@@ -369,11 +397,6 @@ class ADARec(SequentialRecommender):
 
     loss_names = ("rec", "rec_ada", "deno", "expl", "instance_cl", "intent_cl", "cluster")
 
-    @staticmethod
-    def length_invariant(config) -> bool:
-        """Training is exact at any padding width (length buckets; see
-        ``data/bucketing.py``) when neither the poolings nor the controller read pads."""
-        return not config["pool_include_padding"] and not config["controller_include_padding"]
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -413,8 +436,11 @@ class ADARec(SequentialRecommender):
         self.reorder_ratio = config["reorder_ratio"]  # beta
         self.share_cl_forward = config["share_cl_forward"]
         self.pool_include_padding = config["pool_include_padding"]
-        # no output read by a loss depends on the padding width: batches may be cut
-        self.padding_free = ADARec.length_invariant(config)
+        # no loss reads a pad's output: rows are encoded by length, pads skipped
+        self.padding_free = (
+            not self.pool_include_padding and not config["controller_include_padding"]
+        )
+        self.encode_chunk_rows = ENCODE_CHUNK_ROWS
         self.mask_history_in_eval = config["mask_history_in_eval"]
         self.n_neg_rounds = 3
 
@@ -530,7 +556,8 @@ class ADARec(SequentialRecommender):
         n_sets = 1 if self.share_cl_forward else 2
         use_cl = self.instance_cl_weight > 0 or self.intent_cl_weight > 0
         raw, ada, mix, view_out = expert.train_pass(
-            x, seq_len, views, view_len, n_sets if use_cl else 0
+            x, seq_len, views, view_len, n_sets if use_cl else 0,
+            chunk_rows=self.encode_chunk_rows if self.padding_free else None,
         )
         item_emb = expert.item_embedding.weight
         rec = self.rec_loss(raw, pos, neg, item_emb)
