@@ -126,7 +126,7 @@ def crop_view(x: torch.Tensor, n: torch.Tensor, ratio: float) -> torch.Tensor:
 def right_cols_rand(rows: int, width: int, full_width: int, device, dtype=None) -> torch.Tensor:
     """Uniform draws ``[rows, width]``: the last ``width`` columns of a ``[rows,
     full_width]`` draw, so that a left-padded batch cut to ``width`` columns gets the
-    same numbers at its real positions as at the full width (exact length buckets)."""
+    same numbers at its real positions as at the full width (exact cuts)."""
     full = torch.rand(rows, max(width, full_width), device=device, dtype=dtype)
     return full[:, full.size(1) - width :]
 
@@ -396,7 +396,6 @@ class ADARec(SequentialRecommender):
     """
 
     loss_names = ("rec", "rec_ada", "deno", "expl", "instance_cl", "intent_cl", "cluster")
-
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
