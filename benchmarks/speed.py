@@ -33,14 +33,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -72,13 +70,14 @@ SASREC_VARIANTS = {  # name -> (length_buckets, fused layers)
 
 
 def slice_users(dataset: str, max_users: int, root: Path) -> tuple[str, Path]:
-    """Copies ``dataset``'s atomic folder keeping the first ``max_users`` users of each
-    ``.inter`` file.
+    """Writes ``dataset`` with the first ``max_users`` users of each ``.inter`` file
+    (``recbole_cdsr.data.slice.write_user_slice``) under ``root`` as ``<dataset>_u<K>``.
 
     Returns:
         (new dataset name, new data_path root).
     """
     from recbole_cdsr.data.registry import DATASETS, prepare_dataset
+    from recbole_cdsr.data.slice import write_user_slice
     from recbole_cdsr.data.sources import RawSource
 
     src = default_data_path() / dataset
@@ -87,18 +86,7 @@ def slice_users(dataset: str, max_users: int, root: Path) -> tuple[str, Path]:
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is missing: no atomic files for dataset {dataset!r}")
     name = f"{dataset}_u{max_users}"
-    out = root / name
-    out.mkdir(parents=True)
-    inters = sorted(src.glob(f"{dataset}*.inter"))
-    for path in inters:  # per file: user-level splits have disjoint train/test users
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-        user = next(c for c in frame.columns if c.startswith("user_id:"))
-        keep = set(pd.unique(frame[user])[:max_users])
-        frame[frame[user].isin(keep)].to_csv(out / path.name.replace(dataset, name, 1),
-                                            sep="\t", index=False)
-    for path in src.iterdir():
-        if path.is_file() and path.suffix != ".inter" and path.name.startswith(dataset):
-            shutil.copy(path, out / path.name.replace(dataset, name, 1))
+    write_user_slice(src, root, name, max_users)
     return name, root
 
 

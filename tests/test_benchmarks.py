@@ -68,3 +68,26 @@ def test_results_table_orders_metrics_and_skips_group_cells():
     assert lines[2] == "| M | all | 4 | 0.2500 | 0.5000 | 0.2500 | 10 |"
     assert len(lines) == 4 and lines[3].startswith("| M | food | 1 |")
     assert "| hit@10 |" in results_table.table([result], ["hit@10"]).splitlines()[0]
+
+
+def test_user_slice_of_a_benchmark_split_keeps_the_first_users_of_each_file(tmp_path):
+    from recbole_cdsr.data.slice import write_user_slice
+
+    src = tmp_path / "src" / "ds"
+    src.mkdir(parents=True)
+    header = "user_id:token\titem_id:token\n"
+    rows = {"train": [3, 1, 2, 1, 10], "valid": [2, 3], "test": [7, 9, 8]}  # disjoint test users
+    for split, users in rows.items():
+        (src / f"ds.{split}.inter").write_text(header + "".join(f"{u}\ti{u}\n" for u in users))
+    (src / "ds.item").write_text("item_id:token\ni1\ni2\n")
+    (src / "ds.user").write_text("user_id:token\n" + "".join(f"{u}\n" for u in range(1, 11)))
+    out = write_user_slice(src, tmp_path, "ds_first2", 2)
+
+    def users(suffix):
+        text = (out / f"ds_first2.{suffix}").read_text().splitlines()[1:]
+        return [int(line.split("\t")[0]) for line in text]
+
+    assert users("train.inter") == [1, 2, 1] and users("valid.inter") == [2, 3]
+    assert users("test.inter") == [7, 8]  # the test file's own first users
+    assert users("user") == [1, 2, 3, 7, 8]  # the union of the kept users
+    assert (out / "ds_first2.item").read_text() == (src / "ds.item").read_text()
