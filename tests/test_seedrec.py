@@ -506,6 +506,7 @@ def test_cut_batch_gives_the_padded_loss_and_gradients(cat_path, loss_type):
     """Length buckets (issue 13): a batch cut to its longest row trains exactly as the
     padded one, prompts (from the DM's reverse process) and time weights included."""
     from recbole_cdsr.data.bucketing import LengthBucketTrainDataLoader
+    from test_speed_exact import loss_and_grads  # same seed per call; unused grads as zeros
 
     config = Config("SeeDRec", "tiny", config_dict=seedrec_config(
         cat_path, MAX_ITEM_LIST_LENGTH=20, loss_type=loss_type,
@@ -522,17 +523,8 @@ def test_cut_batch_gives_the_padded_loss_and_gradients(cat_path, loss_type):
         padded[field] = torch.nn.functional.pad(cut[field], (0, 20 - 9))
     torch.manual_seed(0)
     model = SeeDRec(config, train._dataset).eval()  # dropout off; the loss is the training one
-    results = []
-    for inputs in (padded, cut):
-        torch.manual_seed(1)
-        loss = model.calculate_loss(inputs)
-        params = [p for p in model.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        results.append((loss.detach(), grads))
-    (loss_full, grads_full), (loss_cut, grads_cut) = results
+    loss_full, grads_full = loss_and_grads(model, padded)
+    loss_cut, grads_cut = loss_and_grads(model, cut)
     assert torch.allclose(loss_full, loss_cut, rtol=1e-5, atol=1e-6)
     for g_full, g_cut in zip(grads_full, grads_cut):
-        if g_full is None:
-            assert g_cut is None
-        else:
-            assert torch.allclose(g_full, g_cut, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(g_full, g_cut, rtol=1e-4, atol=1e-6)

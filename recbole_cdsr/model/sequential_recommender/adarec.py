@@ -123,11 +123,11 @@ def crop_view(x: torch.Tensor, n: torch.Tensor, ratio: float) -> torch.Tensor:
     return x.gather(1, src.clamp(0, width - 1)).masked_fill(~keep, 0)
 
 
-def right_cols_rand(rows: int, width: int, full_width: int, device, dtype=None) -> torch.Tensor:
-    """Uniform draws ``[rows, width]``: the last ``width`` columns of a ``[rows,
-    full_width]`` draw, so that a left-padded batch cut to ``width`` columns gets the
-    same numbers at its real positions as at the full width (exact cuts)."""
-    full = torch.rand(rows, max(width, full_width), device=device, dtype=dtype)
+def right_cols_draw(sample, rows: int, width: int, full_width: int, *trailing, **kwargs):
+    """``sample(rows, max(width, full_width), *trailing, **kwargs)`` cut to its last
+    ``width`` columns: a left-padded batch cut to ``width`` columns gets the same draws at
+    its real positions as at the full width (exact cuts). ``[rows, width, *trailing]``."""
+    full = sample(rows, max(width, full_width), *trailing, **kwargs)
     return full[:, full.size(1) - width :]
 
 
@@ -135,7 +135,8 @@ def mask_view(x: torch.Tensor, n: torch.Tensor, ratio: float, full_width: int = 
     """ICLRec Mask: floor(ratio * n) distinct real positions set to the PAD id 0."""
     width = x.size(1)
     real = torch.arange(width, device=x.device).unsqueeze(0) >= (width - n).unsqueeze(1)
-    keys = right_cols_rand(x.size(0), width, full_width, x.device).masked_fill(~real, 2.0)
+    keys = right_cols_draw(torch.rand, x.size(0), width, full_width, device=x.device)
+    keys = keys.masked_fill(~real, 2.0)
     rank = keys.argsort(1).argsort(1)
     return x.masked_fill(rank < _floor_ratio(n, ratio).unsqueeze(1), 0)
 
@@ -149,7 +150,9 @@ def reorder_view(
     col_start = (width - n + _uniform_index(n - m)).unsqueeze(1)
     cols = torch.arange(width, device=x.device, dtype=torch.float64).unsqueeze(0)
     window = (cols >= col_start) & (cols < col_start + m.unsqueeze(1))
-    draw = right_cols_rand(x.size(0), width, full_width, x.device, torch.float64)
+    draw = right_cols_draw(
+        torch.rand, x.size(0), width, full_width, device=x.device, dtype=torch.float64
+    )
     jitter = col_start + draw * m.unsqueeze(1)
     keys = torch.where(window, jitter, cols.expand_as(jitter))
     return x.gather(1, keys.argsort(dim=1, stable=True))
@@ -343,10 +346,10 @@ class ADARecExpert(nn.Module):
         # p1 s1 e1 + p2 s2 e2 with independent e1, e2 == sqrt(p1^2 s1^2 + p2^2 s2^2) e
         std = ((mix * self.noise_std) ** 2).sum(-1).sqrt()
         rows, width, hidden = seq_emb.shape
-        # drawn at the full width and cut (a no-op at full width): a cut batch gets the
-        # same noise at its real positions
-        noise = torch.randn(rows, max(width, self.max_len), hidden, device=seq_emb.device)
-        noise = noise[:, noise.size(1) - width :]
+        # drawn at the full width and cut (a no-op at full width)
+        noise = right_cols_draw(
+            torch.randn, rows, width, self.max_len, hidden, device=seq_emb.device
+        )
         return scale.view(-1, 1, 1) * seq_emb + std.view(-1, 1, 1) * noise
 
     def forward(self, x: torch.Tensor, seq_len: torch.Tensor):
@@ -493,11 +496,11 @@ class ADARec(SequentialRecommender):
         """One uniform negative per position, rejecting the row's items (3 rounds); drawn
         at the full width and cut, like the views."""
         banned = torch.cat([x, pos[:, -1:]], dim=1).unsqueeze(1)  # [B, 1, W+1]
-        width = x.size(1)
-
         def draw():
-            full = torch.randint(1, self.n_items, (len(x), self.internal_len), device=x.device)
-            return full[:, self.internal_len - width :]
+            return right_cols_draw(
+                lambda *shape, **kw: torch.randint(1, self.n_items, shape, **kw),
+                len(x), x.size(1), self.internal_len, device=x.device,
+            )
 
         neg = draw()
         for _ in range(self.n_neg_rounds):
