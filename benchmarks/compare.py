@@ -9,7 +9,12 @@ Per model, every (lr, batch) is trained with the model's own trainer until ``val
 has not improved for ``stopping_step`` evaluations (at most ``--epochs``); the setting with the
 best validation score is the model's row, read on test once (its best checkpoint). Pop is
 trained once. Writes ``<output>.json`` (every run) and ``<output>.md`` (the table: test per
-domain, selection on valid, epochs, process CPU seconds and wall seconds of the whole search).
+domain, selection on valid, epochs, process CPU seconds and wall seconds of the whole search;
+then test HR@10 / NDCG@10 of every model on every domain, user/row group and domain x group).
+
+``--users N`` runs on a slice of N users per split file: the first N by id, or with
+``--slice_seed S`` a seeded uniform sample (``data/slice.py``; a slice that loses a domain's
+training targets is refused).
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ def cpu_seconds() -> float:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="a registered or converted dataset")
-    parser.add_argument("--users", type=int, default=None, help="slice: the first N users")
+    parser.add_argument("--users", type=int, default=None,
+                        help="slice: N users of each inter file (the first by id)")
+    parser.add_argument("--slice_seed", type=int, default=None,
+                        help="with --users: a seeded uniform sample of users instead of the "
+                             "first by id (needed where ids encode a group, e.g. food_kitchen)")
     parser.add_argument("--data_path", default=None, help="where datasets live")
     parser.add_argument("--models", nargs="+", required=True)
     parser.add_argument("--lrs", nargs="+", type=float, default=[0.001])
@@ -64,8 +73,10 @@ def prepare(args) -> tuple[str, str, list[str]]:
     if args.dataset in DATASETS:
         prepare_dataset(args.dataset, data_path)
     name = f"{args.dataset}_first{args.users}"
+    if args.slice_seed is not None:
+        name = f"{args.dataset}_sample{args.users}_seed{args.slice_seed}"
     if not (data_path / name).is_dir():
-        write_user_slice(data_path / args.dataset, data_path, name, args.users)
+        write_user_slice(data_path / args.dataset, data_path, name, args.users, args.slice_seed)
     return name, str(data_path), files
 
 
@@ -124,8 +135,28 @@ def write(args, command, name, files, common, per_model, runs, rows) -> None:
         lines.append("| " + " | ".join(cells) + " |")
     text = (f"Dataset `{name}`; test metrics of each model's best setting by validation; "
             f"config files {[Path(f).name for f in files]}, common config {common}, per-model "
-            f"{per_model}.\n\n" + "\n".join(lines) + f"\n\nCommand: `{command}`\n")
+            f"{per_model}.\n\n" + "\n".join(lines) + "\n\n" + subset_table(rows)
+            + f"\n\nCommand: `{command}`\n")
     out.with_suffix(".md").write_text(text)
+
+
+def subset_table(rows: list[dict]) -> str:
+    """Test HR@10 / NDCG@10 of every model's selected run on every subset (overall, each
+    domain, the mean over domains, each group and each domain x group), rows = subsets."""
+    subsets = []
+    for row in rows:
+        subsets += [s for s in row["test"] if s not in subsets]
+    head = ["test subset", "n"] + [f"{row['model']} HR@10 / NDCG@10" for row in rows]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for subset in subsets:
+        n = next((row["test"][subset].get("n") for row in rows if subset in row["test"]), None)
+        cells = [subset, "" if n is None else str(n)]
+        for row in rows:
+            part = row["test"].get(subset, {})
+            cells.append(f"{part['hit@10']:.4f} / {part['ndcg@10']:.4f}"
+                         if "hit@10" in part and "ndcg@10" in part else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -91,3 +92,38 @@ def test_user_slice_of_a_benchmark_split_keeps_the_first_users_of_each_file(tmp_
     assert users("test.inter") == [7, 8]  # the test file's own first users
     assert users("user") == [1, 2, 3, 7, 8]  # the union of the kept users
     assert (out / "ds_first2.item").read_text() == (src / "ds.item").read_text()
+
+
+def _split_dataset(root, users_by_split, item_domain):
+    src = root / "src" / "ds"
+    src.mkdir(parents=True)
+    header = "user_id:token\titem_id:token\n"
+    for split, rows in users_by_split.items():
+        text = header + "".join(f"{u}\t{i}\n" for u, i in rows)
+        (src / f"ds.{split}.inter").write_text(text)
+    (src / "ds.item").write_text(
+        "item_id:token\titem_domain:token\n" + "".join(f"{i}\t{d}\n" for i, d in item_domain))
+    return src
+
+
+def test_user_slice_refuses_a_slice_that_loses_a_domain_and_a_seed_samples_users(tmp_path):
+    """food_kitchen's ids put its food-only users first: its first users hold no kitchen
+    target. Such a slice is refused (naming the domain); a seeded sample is uniform."""
+    from recbole_cdsr.data.slice import write_user_slice
+
+    train = [(f"A_{k}", "f1") for k in range(10)] + [(f"B_{k}", "k1") for k in range(10)]
+    src = _split_dataset(tmp_path, {"train": train, "valid": [("O_1", "f1")],
+                                    "test": [("O_2", "k1")]}, [("f1", "food"), ("k1", "kitchen")])
+    with pytest.raises(ValueError, match=r"ds_first5.*kitchen.*10.*seed"):
+        write_user_slice(src, tmp_path, "ds_first5", 5)
+    assert not (tmp_path / "ds_first5").exists()  # refused before writing
+
+    out = write_user_slice(src, tmp_path, "ds_s10", 10, seed=3)
+    kept = [line.split("\t")[0] for line in (out / "ds_s10.train.inter").read_text().splitlines()[1:]]
+    assert len(kept) == 10 and {u[0] for u in kept} == {"A", "B"}
+    again = write_user_slice(src, tmp_path / "again", "ds_s10", 10, seed=3)
+    assert (again / "ds_s10.train.inter").read_text() == (out / "ds_s10.train.inter").read_text()
+    other = write_user_slice(src, tmp_path / "other", "ds_s10", 10, seed=4)
+    assert (other / "ds_s10.train.inter").read_text() != (out / "ds_s10.train.inter").read_text()
+    # a file with fewer users than asked keeps them all, whatever the seed
+    assert (out / "ds_s10.valid.inter").read_text().splitlines()[1:] == ["O_1\tf1"]
