@@ -537,3 +537,16 @@ def test_defaults_overfit_100_users_learn(learned):
     """HR@10 on the training targets of 100 users after FIT_EPOCHS epochs: at least twice
     Pop's."""
     assert learned["fit"] > 2 * learned["fit_pop"], learned
+
+
+def test_pretraining_refuses_a_domain_without_training_histories(built):
+    """A training split with no domain-Y histories (e.g. a slice that kept only X users)
+    is refused by name instead of saving an untrained projection."""
+    config, _, train, _, _, _ = built
+    view = stages.build_view(config, train._dataset)
+    only_x = np.where(view.item_domain[view.seqs] == 0, view.seqs, 0)
+    view.seqs = only_x
+    emb = np.zeros((len(view.item_domain), 8), np.float32)
+    name = view.domain_names[1]
+    with pytest.raises(ValueError, match=f"no training user has >= 3 items of domain '{name}'"):
+        stages.pretrain_domain(view, 1, emb, config, torch.device("cpu"))

@@ -575,6 +575,9 @@ def pretrain_domain(view: TrainView, domain: int, text_emb: np.ndarray, config,
 
     Users: every training user's items of ``domain`` (>= 3 of them: the last is the
     validation target). Returns {"items": internal ids [N_X], "C": [N_X, H], "W": [H, d_t]}.
+
+    Raises:
+        ValueError: no training user has 3 items of ``domain``.
     """
     items = np.flatnonzero(view.item_domain == domain)
     local = np.zeros(len(view.item_domain), dtype=np.int64)
@@ -586,6 +589,11 @@ def pretrain_domain(view: TrainView, domain: int, text_emb: np.ndarray, config,
     seqs = np.where(np.take_along_axis(dom, order, 1), ordered, 0)
     lens = dom.sum(1)
     keep = lens >= 3
+    if not keep.any():  # nothing to pre-train on: refuse rather than save an untrained C_X
+        raise ValueError(
+            f"LLMCDSR pre-training: no training user has >= 3 items of domain "
+            f"'{view.domain_names[domain]}' ({int(dom.sum())} such items in all the training "
+            f"sequences); the dataset or slice lacks that domain's histories")
     seqs, lens = seqs[keep], lens[keep]
     max_len = config["MAX_ITEM_LIST_LENGTH"]
     train, train_len = _right_window(seqs, lens - 1, max_len + 1)
