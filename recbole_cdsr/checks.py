@@ -194,7 +194,7 @@ def metric_keys(config) -> list[str]:
 
 def check_valid_metric_name(config) -> None:
     """The metric part of ``valid_metric`` (after any ``subset/``) must be computed; so
-    must LLMCDSR's ``domain_select_metric`` when ``per_domain_selection`` is on."""
+    must ``domain_select_metric`` when ``per_domain_selection`` is on."""
     _check_metric_key(config, "valid_metric")
     if config["per_domain_selection"]:
         _check_metric_key(config, "domain_select_metric")

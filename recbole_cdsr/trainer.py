@@ -8,11 +8,15 @@ Every sequential model, RecBole's baselines included, is evaluated the same way:
   candidate set (the papers' sampled protocols), applied as a mask on full-sort scores;
 * metrics are reported overall, per domain (``<domain>/<metric>``), unweighted mean over
   domains (``mean/<metric>``), and per group of ``eval_group_fields``
-  (``<group>/<metric>``, ``<domain>.<group>/<metric>``); ``<subset>/n`` counts rows.
+  (``<group>/<metric>``, ``<domain>.<group>/<metric>``); ``<subset>/n`` counts rows;
+* ``per_domain_selection: True`` (LLMCDSR's official protocol) reports each domain's test
+  metrics from that domain's own best validation epoch on ``domain_select_metric``, for
+  every model, so that a baseline run under the same experiment file is selected alike.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import secrets
@@ -168,6 +172,9 @@ class CDSRTrainer(Trainer):
         self._candidates = {}  # id(dataset) -> [rows, num] candidate item ids
         self._eval_dataset = None
         self._domain_table = None  # (item_domain, [D, N] other-domain mask), see below
+        self.per_domain_selection = bool(config["per_domain_selection"])
+        self.domain_select_metric = str(config["domain_select_metric"]).lower()
+        self._domain_best: dict[str, tuple[float, dict]] = {}  # domain -> (valid score, state)
 
     @staticmethod
     def _check_candidate_args(args: dict | None) -> dict | None:
@@ -186,8 +193,49 @@ class CDSRTrainer(Trainer):
                 )
         return args
 
+    def _valid_epoch(self, valid_data, show_progress=False):
+        score, result = super()._valid_epoch(valid_data, show_progress)
+        if self.per_domain_selection:
+            for name in valid_data._dataset.domain_names:
+                key = f"{name}/{self.domain_select_metric}"
+                if key not in result:
+                    raise ValueError(
+                        f"domain_select_metric {self.domain_select_metric!r} is not computed "
+                        f"for domain {name}; available: "
+                        f"{sorted(k for k in result if k.startswith(f'{name}/'))}")
+                if name not in self._domain_best or result[key] > self._domain_best[name][0]:
+                    state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    self._domain_best[name] = (result[key], state)
+        return score, result
+
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        """RecBole's evaluate under the CDSR protocol; with ``per_domain_selection`` and
+        ``load_best_model``, each domain's ``<domain>/*`` and ``<domain>.<group>/*`` metrics
+        come from that domain's best validation state and ``mean/*`` is recomputed from them
+        (overall ``all`` metrics stay those of the best checkpoint by ``valid_metric``)."""
+        result = self._evaluate_once(eval_data, load_best_model, model_file, show_progress)
+        if not (self.per_domain_selection and load_best_model and self._domain_best and result):
+            return result
+        current = copy.deepcopy(self.model.state_dict())
+        names = list(self._domain_best)
+        for name, (_, state) in self._domain_best.items():
+            self.model.load_state_dict(state)
+            part = self._evaluate_once(eval_data, False, None, show_progress)
+            result.update((k, v) for k, v in part.items()
+                          if k.startswith((f"{name}/", f"{name}.")))
+        self.model.load_state_dict(current)
+        for key in [k for k in result if k.startswith("mean/")]:
+            metric = key.split("/", 1)[1]
+            values = [result[f"{n}/{metric}"] for n in names if f"{n}/{metric}" in result]
+            result[key] = round(float(np.mean(values)), 4)
+        logger.info("per-domain selection (%s): best valid scores %s", self.domain_select_metric,
+                    {n: s for n, (s, _) in self._domain_best.items()})
+        return result
+
+    @torch.no_grad()
+    def _evaluate_once(self, eval_data, load_best_model=True, model_file=None,
+                       show_progress=False):
         if not eval_data:
             return
         self._eval_dataset = eval_data._dataset

@@ -143,3 +143,60 @@ def test_per_domain_metrics_match_a_direct_computation(tiny_path):
         assert result[f"{name}/ndcg@10"] == pytest.approx(ndcg, abs=1e-4)
     means = np.mean([result[f"{n}/ndcg@10"] for n in dataset.domain_names])
     assert result["mean/ndcg@10"] == pytest.approx(means, abs=1e-4)
+
+
+def test_per_domain_selection_applies_to_baselines_too(tiny_path):
+    """Under ``per_domain_selection`` (LLMCDSR's protocol) a RecBole baseline reports each
+    domain from that domain's own best valid epoch, like LLMCDSR: the same experiment file
+    selects every model alike."""
+    from recbole.utils import init_seed
+
+    init_seed(2020, reproducibility=True)
+    config, _, train, valid, test, model = build(
+        tiny_path, epochs=4, per_domain_selection=True, domain_select_metric="hit@10",
+        stopping_step=10, learning_rate=0.01)
+    trainer = CDSRTrainer(config, model)
+    names = list(valid._dataset.domain_names)
+    seen, scores, states = {name: [] for name in names}, [], []
+    original = trainer._valid_epoch
+
+    def recording(data, show_progress=False):
+        score, result = original(data, show_progress)
+        scores.append(score)
+        states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        for name in names:
+            seen[name].append(result[f"{name}/hit@10"])
+        return score, result
+
+    trainer._valid_epoch = recording
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    result = trainer.evaluate(test, load_best_model=True)
+
+    def test_at(epoch):
+        trainer.model.load_state_dict(states[epoch])
+        return trainer.evaluate(test, load_best_model=False)
+
+    for name in names:
+        best = int(np.argmax(seen[name]))  # the first epoch with the domain's best score
+        assert trainer._domain_best[name][0] == seen[name][best]
+        kept = trainer._domain_best[name][1]
+        assert all(torch.equal(kept[k], v) for k, v in states[best].items())
+        direct = test_at(best)
+        assert result[f"{name}/hit@10"] == direct[f"{name}/hit@10"]
+        assert result[f"{name}/ndcg@10"] == direct[f"{name}/ndcg@10"]
+    mean = np.mean([result[f"{name}/ndcg@10"] for name in names])
+    assert result["mean/ndcg@10"] == round(float(mean), 4)
+
+    # whatever the trajectory: a domain whose kept state differs from the best checkpoint
+    # is read from its own state, the other domain is untouched
+    other_state = {k: v + 0.5 * torch.randn_like(v) if v.is_floating_point() else v
+                   for k, v in states[0].items()}
+    trainer._domain_best[names[0]] = (1.0, other_state)
+    again = trainer.evaluate(test, load_best_model=True)
+    trainer.model.load_state_dict(other_state)
+    direct = trainer.evaluate(test, load_best_model=False)
+    for key in ("hit@10", "ndcg@10", "mrr@10"):
+        assert again[f"{names[0]}/{key}"] == direct[f"{names[0]}/{key}"]
+        assert again[f"{names[1]}/{key}"] == result[f"{names[1]}/{key}"]
+    assert any(again[f"{names[0]}/{k}"] != result[f"{names[0]}/{k}"]
+               for k in ("hit@10", "ndcg@10", "mrr@10"))

@@ -469,8 +469,7 @@ class LLMCDSRTrainer(CDSRTrainer):
     ``meta_interval * meta_interval_unit`` training rows (so the number of meta steps per
     epoch does not depend on ``train_batch_size``); ``meta_interval_unit: ~`` counts
     batches instead (a meta step every ``meta_interval`` batches, the former behaviour).
-    ``per_domain_selection`` reports each domain's test metrics from that domain's best
-    validation epoch (official protocol)."""
+    ``per_domain_selection`` (official protocol) is CDSRTrainer's, for every model."""
 
     def __init__(self, config, model):
         self.adam_betas = tuple(config["adam_betas"])
@@ -489,9 +488,6 @@ class LLMCDSRTrainer(CDSRTrainer):
                 f"got {self.meta_interval_unit!r}")
         self.meta_optimizer = torch.optim.Adam(
             model.meta_parameters(), lr=config["meta_learning_rate"], betas=self.adam_betas)
-        self.per_domain_selection = config["per_domain_selection"]
-        self.domain_select_metric = str(config["domain_select_metric"]).lower()
-        self._domain_best: dict[str, tuple[float, dict]] = {}
 
     def _build_optimizer(self, **kwargs):
         params = kwargs.pop("params", self.model.backbone_parameters())
@@ -531,37 +527,3 @@ class LLMCDSRTrainer(CDSRTrainer):
                         epoch_idx, len(state["meta"]), float(np.mean(state["meta"])))
         return total
 
-    def _valid_epoch(self, valid_data, show_progress=False):
-        score, result = super()._valid_epoch(valid_data, show_progress)
-        if self.per_domain_selection:
-            for name in valid_data._dataset.domain_names:
-                key = f"{name}/{self.domain_select_metric}"
-                if key not in result:
-                    raise ValueError(
-                        f"LLMCDSR: domain_select_metric {self.domain_select_metric!r} is not "
-                        f"computed; available: {sorted(k for k in result if k.startswith(name))}")
-                if name not in self._domain_best or result[key] > self._domain_best[name][0]:
-                    state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                    self._domain_best[name] = (result[key], state)
-        return score, result
-
-    @torch.no_grad()
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
-        if not (self.per_domain_selection and load_best_model and self._domain_best and result):
-            return result
-        current = copy.deepcopy(self.model.state_dict())
-        names = list(self._domain_best)
-        for name, (_, state) in self._domain_best.items():
-            self.model.load_state_dict(state)
-            part = super().evaluate(eval_data, False, None, show_progress)
-            result.update((k, v) for k, v in part.items()
-                          if k.startswith((f"{name}/", f"{name}.")))
-        self.model.load_state_dict(current)
-        for key in [k for k in result if k.startswith("mean/")]:
-            metric = key.split("/", 1)[1]
-            values = [result[f"{n}/{metric}"] for n in names if f"{n}/{metric}" in result]
-            result[key] = round(float(np.mean(values)), 4)
-        logger.info("LLMCDSR: per-domain selection (%s), best valid scores %s",
-                    self.domain_select_metric, {n: s for n, (s, _) in self._domain_best.items()})
-        return result
