@@ -244,8 +244,8 @@ def test_psg_sensitivity(model, batch, faithful):
     assert torch.allclose(after_x[Y_ROWS], base[Y_ROWS], atol=1e-6)
     _shuffle_psg(model, 1)
     after_y = _scores(model, batch)
-    # (small at init under pooling: last, ~2e-6: the pseudo items reach the last slot's
-    # state through attention only)
+    # (under pooling: last the change is small at init, ~2e-6: the pseudo items reach the
+    # last slot's state through attention only; items and all pool them directly)
     assert not torch.equal(after_y[[1]], after_x[[1]])
 
 
