@@ -64,9 +64,9 @@ def write_user_slice(source: Path, target_root: Path, name: str, n_users: int,
         raise FileNotFoundError(f"{inter_path} is missing")
     if n_users < 1:
         raise ValueError(f"n_users must be >= 1, got {n_users}")
-    kept = {}  # inter file -> its kept users
+    kept, frames = {}, {}  # inter file -> its kept users, its table
     for path in [inter_path] if inter_path.is_file() else split_paths:
-        inter = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        inter = frames[path] = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
         users = sorted(inter[USER_FIELD].unique(), key=_user_key)
         if seed is None or len(users) <= n_users:
             kept[path] = set(users[:n_users])
@@ -75,7 +75,8 @@ def write_user_slice(source: Path, target_root: Path, name: str, n_users: int,
             kept[path] = {users[i] for i in pick}
     train_path = inter_path if inter_path.is_file() else source / f"{dataset}.train.inter"
     if train_path in kept:
-        _check_domains(source / f"{dataset}.item", train_path, kept[train_path], name)
+        _check_domains(source / f"{dataset}.item", frames[train_path], train_path.name,
+                       kept[train_path], name)
     every = set().union(*kept.values())
     out = Path(target_root) / name
     out.mkdir(parents=True, exist_ok=True)
@@ -94,22 +95,21 @@ def write_user_slice(source: Path, target_root: Path, name: str, n_users: int,
     return out
 
 
-def _check_domains(item_path: Path, train_path: Path, users: set, name: str) -> None:
-    """Raises ``ValueError`` if ``users``' rows of ``train_path`` lose a domain's targets."""
-    if not item_path.is_file():
+def _check_domains(item_path: Path, train: pd.DataFrame, train_name: str, users: set,
+                   name: str) -> None:
+    """Raises ``ValueError`` if ``users``' rows of ``train`` lose a domain's targets."""
+    if not item_path.is_file() or ITEM_FIELD not in train.columns:
         return
     items = pd.read_csv(item_path, sep="\t", dtype=str, keep_default_na=False)
     if DOMAIN_FIELD not in items.columns or ITEM_FIELD not in items.columns:
         return
     domain = dict(zip(items[ITEM_FIELD], items[DOMAIN_FIELD]))
-    train = pd.read_csv(train_path, sep="\t", dtype=str, keep_default_na=False,
-                        usecols=[USER_FIELD, ITEM_FIELD])
     before = train[ITEM_FIELD].map(domain).value_counts()
     after = train[train[USER_FIELD].isin(users)][ITEM_FIELD].map(domain).value_counts()
     lost = sorted(d for d in before.index if after.get(d, 0) == 0)
     if lost:
         raise ValueError(
-            f"slice {name}: the kept users of {train_path.name} have no training target in "
+            f"slice {name}: the kept users of {train_name} have no training target in "
             f"domain(s) {lost} (the source has {', '.join(f'{d}: {before[d]}' for d in lost)}); "
             f"the first users by id are not a sample of this dataset: pass a seed "
             f"(compare.py --slice_seed) for a uniform sample of users")

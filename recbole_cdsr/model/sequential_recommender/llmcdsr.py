@@ -36,7 +36,6 @@ Differences from the official code:
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
