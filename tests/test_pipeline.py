@@ -157,12 +157,11 @@ def test_per_domain_selection_applies_to_baselines_too(tiny_path):
         stopping_step=10, learning_rate=0.01)
     trainer = CDSRTrainer(config, model)
     names = list(valid._dataset.domain_names)
-    seen, scores, states = {name: [] for name in names}, [], []
+    seen, states = {name: [] for name in names}, []
     original = trainer._valid_epoch
 
     def recording(data, show_progress=False):
         score, result = original(data, show_progress)
-        scores.append(score)
         states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
         for name in names:
             seen[name].append(result[f"{name}/hit@10"])
